@@ -1,0 +1,241 @@
+//! Command-line types (clap derive only; no behaviour lives here).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerguard",
+    version,
+    about = "Inbound L4 sidecar proxy enforcing Istio peer authentication"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Show the effective mTLS mode of a workload's ports, and what a described connection gets.
+    Check(CheckArgs),
+    /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
+    Demo(DemoArgs),
+    /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
+    Certs(CertsArgs),
+    /// Print (or apply) istio-iptables-compatible inbound redirect rules.
+    Iptables(IptablesArgs),
+}
+
+/// Who the workload is (PRODUCT.md §1.1): flag first, then the downward-API environment.
+#[derive(Debug, Clone, Args)]
+pub struct WorkloadArgs {
+    /// The workload's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The workload's labels, `k=v,k=v`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "labels_file")]
+    pub labels: Vec<String>,
+    /// A downward-API labels file (`key="value"` per line), e.g. /etc/istio/pod/labels.
+    #[arg(long)]
+    pub labels_file: Option<PathBuf>,
+    /// The mesh root namespace: policies here without a selector are mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// A PeerAuthentication YAML file, or a directory of *.yaml/*.yml/*.json files.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// The SPIFFE trust domain peers must belong to.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Transparent listener (iptables REDIRECT target); `none` disables it.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub inbound: String,
+    /// Explicit listener `LISTEN=APP`, repeatable; the workload port is APP's port.
+    #[arg(long = "listen", value_name = "LISTEN=APP")]
+    pub listen: Vec<String>,
+    /// Where the app is reached in transparent mode: an address, or `original` for the
+    /// connection's original destination address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub app_host: String,
+
+    /// Directory with cert-chain.pem, key.pem and root-cert.pem.
+    #[arg(long, conflicts_with_all = ["cert", "key", "ca"])]
+    pub cert_dir: Option<PathBuf>,
+    /// Workload certificate chain (PEM).
+    #[arg(long, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// Workload private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Mesh root certificate(s) (PEM).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+
+    /// Admin endpoint (loopback only unless --admin-allow-non-loopback).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Allow the admin endpoint on a non-loopback address.
+    #[arg(long)]
+    pub admin_allow_non_loopback: bool,
+    /// Health endpoint (readiness probe).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub health: SocketAddr,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Largest ClientHello read while classifying.
+    #[arg(long, default_value = "16384")]
+    pub max_client_hello: usize,
+    /// How long to wait for the first bytes of a connection.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub sniff_timeout: Duration,
+    /// How long a TLS handshake may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How long a connection may carry no byte in either direction.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long connecting to the app may take.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long open connections get after SIGTERM.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Most connections open at once; accepting pauses at the cap.
+    #[arg(long, default_value = "65536")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// A PeerAuthentication YAML file, or a directory.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Only this workload port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Describe a plaintext connection.
+    #[arg(long, conflicts_with = "tls")]
+    pub plaintext: bool,
+    /// Describe a TLS connection (with --alpn).
+    #[arg(long)]
+    pub tls: bool,
+    /// The ALPN list the described TLS client offers, in its order.
+    #[arg(long, value_delimiter = ',', requires = "tls")]
+    pub alpn: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its CA, certificates and policy (default: a new temp directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// First port of the demo's block of loopback ports.
+    #[arg(long, default_value = "18000")]
+    pub base_port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Output directory (cert-chain.pem, key.pem, root-cert.pem).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/app.
+    #[arg(long)]
+    pub spiffe: String,
+    /// Directory of an existing CA (ca-cert.pem, ca-key.pem); created there if missing.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Certificate lifetime.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub validity: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IptablesArgs {
+    /// Apply the rules instead of printing them.
+    #[arg(long, conflicts_with = "clean")]
+    pub apply: bool,
+    /// Remove the rules this command adds.
+    #[arg(long)]
+    pub clean: bool,
+    /// Inbound ports to redirect: `*` for all, or a comma list.
+    #[arg(long, default_value = "*")]
+    pub inbound_ports: String,
+    /// Inbound ports never redirected (peerguard's own health and admin ports always are).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// peerguard's transparent listener port.
+    #[arg(long, default_value = "15006")]
+    pub inbound_port: u16,
+    /// The uid peerguard runs as (its own traffic is never redirected).
+    #[arg(long, default_value = "1337")]
+    pub proxy_uid: u32,
+    /// Also write ip6tables rules.
+    #[arg(long)]
+    pub ipv6: bool,
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 5s, 2m, 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

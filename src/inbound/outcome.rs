@@ -1,0 +1,133 @@
+//! The closed vocabulary of what happened to a connection. `as_str()` is both the access-log
+//! field and the metric label, so the two can never disagree.
+
+use serde::Serialize;
+
+/// What peerguard did with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// mTLS terminated here; the app got the decrypted stream.
+    Terminate,
+    /// Bytes forwarded untouched.
+    Passthrough,
+    /// Closed without a byte to the app.
+    Refuse,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Terminate, Action::Passthrough, Action::Refuse];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Terminate => "terminate",
+            Action::Passthrough => "passthrough",
+            Action::Refuse => "refuse",
+        }
+    }
+}
+
+/// Why a connection ended the way it did. One per connection; not an error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// mTLS handshake completed with a trusted mesh peer.
+    Mtls,
+    /// Plaintext on a PERMISSIVE port.
+    PassthroughPlaintext,
+    /// TLS without a mesh ALPN on a PERMISSIVE port: the app's own TLS.
+    PassthroughTls,
+    /// DISABLE port: forwarded without reading.
+    PassthroughDisabled,
+    /// PERMISSIVE port, the client sent nothing within the sniff timeout (server-first protocol).
+    PassthroughServerFirst,
+    /// Plaintext on a STRICT port.
+    PlaintextOnStrict,
+    /// ClientHello over `--max-client-hello`.
+    ClientHelloTooLarge,
+    /// TLS record header, but the ClientHello does not parse.
+    ClientHelloMalformed,
+    /// STRICT port, no byte within the sniff timeout.
+    SniffTimeout,
+    /// The client closed before its first bytes could be classified.
+    ClientClosedEarly,
+    /// The TLS handshake failed for a reason other than the client certificate.
+    HandshakeFailed,
+    /// The TLS handshake did not finish within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// The client presented no certificate.
+    ClientCertMissing,
+    /// The client certificate does not chain to the mesh roots (or is expired, or unusable).
+    ClientCertUntrusted,
+    /// The client certificate has no SPIFFE ID in this trust domain.
+    ClientCertWrongTrustDomain,
+    /// The app refused, or did not answer within the connect timeout.
+    UpstreamConnectFailed,
+    /// The original destination is one of peerguard's own ports.
+    OwnPort,
+    /// A socket error while reading the first bytes.
+    ClientIoError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::Mtls,
+        Reason::PassthroughPlaintext,
+        Reason::PassthroughTls,
+        Reason::PassthroughDisabled,
+        Reason::PassthroughServerFirst,
+        Reason::PlaintextOnStrict,
+        Reason::ClientHelloTooLarge,
+        Reason::ClientHelloMalformed,
+        Reason::SniffTimeout,
+        Reason::ClientClosedEarly,
+        Reason::HandshakeFailed,
+        Reason::HandshakeTimeout,
+        Reason::ClientCertMissing,
+        Reason::ClientCertUntrusted,
+        Reason::ClientCertWrongTrustDomain,
+        Reason::UpstreamConnectFailed,
+        Reason::OwnPort,
+        Reason::ClientIoError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Mtls => "mtls",
+            Reason::PassthroughPlaintext => "passthrough_plaintext",
+            Reason::PassthroughTls => "passthrough_tls",
+            Reason::PassthroughDisabled => "passthrough_disabled",
+            Reason::PassthroughServerFirst => "passthrough_server_first",
+            Reason::PlaintextOnStrict => "plaintext_on_strict",
+            Reason::ClientHelloTooLarge => "client_hello_too_large",
+            Reason::ClientHelloMalformed => "client_hello_malformed",
+            Reason::SniffTimeout => "sniff_timeout",
+            Reason::ClientClosedEarly => "client_closed_early",
+            Reason::HandshakeFailed => "handshake_failed",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::ClientCertMissing => "client_cert_missing",
+            Reason::ClientCertUntrusted => "client_cert_untrusted",
+            Reason::ClientCertWrongTrustDomain => "client_cert_wrong_trust_domain",
+            Reason::UpstreamConnectFailed => "upstream_connect_failed",
+            Reason::OwnPort => "own_port",
+            Reason::ClientIoError => "client_io_error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels_are_unique_and_match_serde() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            assert!(seen.insert(reason.as_str()), "duplicate label {}", reason.as_str());
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+        for action in Action::ALL {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! TLS: the ClientHello parser, credentials, server configurations, peer identity.
+
+pub mod client_hello;
