@@ -1,0 +1,339 @@
+//! forward: copy both ways between the client side and the app, with half-close preserved,
+//! until both directions finish or the connection has been idle too long.
+//!
+//! Why not `tokio::io::copy_bidirectional`: it holds two heap buffers for the whole life of a
+//! connection, and a sidecar holds thousands of idle connections. Here each poll reads into a
+//! buffer on the stack and writes it on at once; only bytes the destination cannot take yet are
+//! copied to the heap, and that spill is freed as soon as the direction goes quiet. An idle
+//! connection therefore holds no data buffer at all, and the common case allocates nothing.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Bytes read per poll from one side: the per-direction buffer bound of PRODUCT.md §5.
+pub const CHUNK: usize = 32 * 1024;
+
+/// Reads per direction before letting the other direction and other tasks run.
+const READS_PER_POLL: usize = 16;
+
+/// How a forwarded connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished sending (each EOF was passed on as a half-close).
+    Completed,
+    /// No byte moved either way for `--idle-timeout`.
+    IdleTimeout,
+    /// A read or write on the client side failed (e.g. reset).
+    ClientError,
+    /// A read or write on the app side failed.
+    AppError,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Completed => "completed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError => "client_error",
+            End::AppError => "app_error",
+        }
+    }
+}
+
+/// What crossed the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    pub to_app: u64,
+    pub to_client: u64,
+    pub end: End,
+}
+
+/// One direction's state. `spill` holds bytes read but not yet accepted by the destination.
+#[derive(Default)]
+struct Direction {
+    spill: Vec<u8>,
+    spill_sent: usize,
+    read_eof: bool,
+    shut_down: bool,
+    bytes: u64,
+}
+
+/// Which side an I/O error came from, so the outcome can say who broke the connection.
+enum Side {
+    Source,
+    Destination,
+}
+
+impl Direction {
+    fn done(&self) -> bool {
+        self.shut_down
+    }
+
+    /// Moves bytes from `src` to `dst` until one of them would block. `Ready(Ok)` once this
+    /// direction has passed its EOF on; `moved` is set when any byte moved.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        scratch: &mut [MaybeUninit<u8>],
+        moved: &mut bool,
+    ) -> Poll<Result<(), (Side, io::Error)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        for _ in 0..READS_PER_POLL {
+            while self.spill_sent < self.spill.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.spill[self.spill_sent..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((Side::Destination, io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => self.spill_sent += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Destination, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.spill.clear();
+            self.spill_sent = 0;
+
+            if self.read_eof {
+                return match Pin::new(&mut *dst).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.shut_down = true;
+                        self.spill = Vec::new();
+                        Poll::Ready(Ok(()))
+                    }
+                    // The peer may already have gone; its half is finished either way.
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                        self.shut_down = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((Side::Destination, e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+
+            let mut buf = ReadBuf::uninit(scratch);
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Pending => {
+                    // Going quiet: push out anything the destination buffers (TLS records) and
+                    // give the spill's memory back.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *dst).poll_flush(cx) {
+                        return Poll::Ready(Err((Side::Destination, e)));
+                    }
+                    self.spill = Vec::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Source, e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = buf.filled();
+            if data.is_empty() {
+                self.read_eof = true;
+                continue;
+            }
+            *moved = true;
+            self.bytes += data.len() as u64;
+            let mut written = 0;
+            while written < data.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((Side::Destination, io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Destination, e))),
+                    Poll::Pending => {
+                        // Backpressure: keep the rest until the destination can take it.
+                        self.spill.extend_from_slice(&data[written..]);
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        // Used our share; come back after others had theirs.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Copies `client` <-> `app` until both directions end, one of them fails, or nothing moves
+/// for `idle_timeout`. Each EOF is passed on as a write shutdown (half-close).
+pub async fn forward<C, A>(client: &mut C, app: &mut A, idle_timeout: Duration) -> Transferred
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut to_app = Direction::default();
+    let mut to_client = Direction::default();
+    let mut last_activity = Instant::now();
+    // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
+    // per read.
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+
+    let end = poll_fn(|cx| {
+        let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
+        let mut moved = false;
+        if !to_app.done() {
+            if let Poll::Ready(Err((side, _))) = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved) {
+                return Poll::Ready(match side {
+                    Side::Source => End::ClientError,
+                    Side::Destination => End::AppError,
+                });
+            }
+        }
+        if !to_client.done() {
+            if let Poll::Ready(Err((side, _))) = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved) {
+                return Poll::Ready(match side {
+                    Side::Source => End::AppError,
+                    Side::Destination => End::ClientError,
+                });
+            }
+        }
+        if to_app.done() && to_client.done() {
+            return Poll::Ready(End::Completed);
+        }
+        if moved {
+            last_activity = Instant::now();
+        }
+        poll_idle(cx, idle.as_mut(), last_activity, idle_timeout)
+    })
+    .await;
+
+    Transferred {
+        to_app: to_app.bytes,
+        to_client: to_client.bytes,
+        end,
+    }
+}
+
+/// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`.
+fn poll_idle(
+    cx: &mut Context<'_>,
+    mut idle: Pin<&mut Sleep>,
+    last_activity: Instant,
+    idle_timeout: Duration,
+) -> Poll<End> {
+    while idle.as_mut().poll(cx).is_ready() {
+        let deadline = last_activity + idle_timeout;
+        if Instant::now() >= deadline {
+            return Poll::Ready(End::IdleTimeout);
+        }
+        idle.as_mut().reset(deadline);
+    }
+    Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected loopback pair: (our end, the far end).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (mut client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, mut app) = tcp_pair().await;
+        let proxy =
+            tokio::spawn(
+                async move { forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_secs(10)).await },
+            );
+
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, b"request",
+            "the app sees the request and then the client's half-close"
+        );
+
+        // The client's half-close must not end the other direction.
+        app.write_all(b"response after half-close").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"response after half-close");
+
+        let done = proxy.await.unwrap();
+        assert_eq!(
+            done,
+            Transferred {
+                to_app: 7,
+                to_client: 25,
+                end: End::Completed
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_times_out() {
+        let (_client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, _app) = tcp_pair().await;
+        let done = tokio::time::timeout(
+            Duration::from_secs(5),
+            forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_millis(200)),
+        )
+        .await
+        .expect("idle timeout fires well before the test's own limit");
+        assert_eq!(done.end, End::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn activity_keeps_the_idle_timer_away() {
+        let (mut client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, mut app) = tcp_pair().await;
+        let proxy = tokio::spawn(async move {
+            forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_millis(300)).await
+        });
+        // Ten messages 100 ms apart: a full second, more than three idle periods.
+        let mut one = [0u8; 1];
+        for _ in 0..10 {
+            client.write_all(b"x").await.unwrap();
+            app.read_exact(&mut one).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !proxy.is_finished(),
+            "traffic every 100 ms keeps a 300 ms idle timer from firing"
+        );
+        drop(client);
+        drop(app);
+        let done = proxy.await.unwrap();
+        assert_eq!(done.to_app, 10);
+    }
+
+    #[tokio::test]
+    async fn a_reset_app_ends_the_connection_as_an_app_error() {
+        let (mut client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, app) = tcp_pair().await;
+        let proxy =
+            tokio::spawn(
+                async move { forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_secs(10)).await },
+            );
+        socket2::SockRef::from(&app).set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
+        drop(app);
+        let done = tokio::time::timeout(Duration::from_secs(5), proxy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.end, End::AppError);
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+    }
+}
