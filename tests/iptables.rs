@@ -361,3 +361,49 @@ fn an_ipv6_connection_to_a_pod_port_lands_on_the_inbound_listener() {
         format!("[{SERVER_V6}]:8080 {CLIENT_V6}")
     );
 }
+
+#[test]
+fn without_net_admin_the_error_names_the_missing_capability() {
+    if played_role() {
+        return;
+    }
+    let netns = Netns::new("priv");
+    // An unprivileged uid (nobody), no capabilities: what an init container without NET_ADMIN gets.
+    let output = netns.exec(
+        "setpriv",
+        &[
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            PEERGUARD,
+            "iptables",
+            "--apply",
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("run as root with the NET_ADMIN and NET_RAW capabilities"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_iptables_installed_the_error_names_the_package() {
+    if played_role() {
+        return;
+    }
+    let output = Command::new(PEERGUARD)
+        .args(["iptables", "--apply"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("peerguard runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`iptables-save` not found: install the `iptables` package"),
+        "{stderr}"
+    );
+}
