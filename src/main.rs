@@ -1,6 +1,18 @@
 use clap::Parser;
 
+use peerguard::cli::Command;
+
 fn main() -> std::process::ExitCode {
-    let _cli = peerguard::cli::Cli::parse();
-    std::process::ExitCode::SUCCESS
+    let cli = peerguard::cli::Cli::parse();
+    let result = match &cli.command {
+        Command::Iptables(args) => peerguard::iptables::run(args),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("peerguard: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,326 @@
+//! The inbound capture rules, as `iptables-restore` scripts. Pure: text in, text out, so the
+//! whole rule set is a unit test and `--apply` / `--clean` only feed these scripts to the
+//! real tools.
+//!
+//! What is ported from istio-iptables (`tools/istio-iptables/pkg/capture/run.go`, REDIRECT
+//! mode): the nat-table chains `ISTIO_INBOUND` and `ISTIO_IN_REDIRECT`, the PREROUTING jump,
+//! RETURN for excluded ports with `*`, a jump per port with a list, and the REDIRECT to the
+//! inbound port. What is not: everything outbound (`ISTIO_OUTPUT`, `ISTIO_REDIRECT`, DNS,
+//! TPROXY, interface and CIDR exclusions). peerguard only captures inbound traffic, and
+//! PREROUTING never sees connections made inside the pod (conntrack has already decided their
+//! NAT in OUTPUT), so peerguard's own upstream connections cannot loop and need neither
+//! istio's `-s 127.0.0.6/32 -j RETURN` guard nor its `--uid-owner` rules: those live in
+//! `ISTIO_OUTPUT`, which only outbound capture needs.
+
+use std::collections::BTreeSet;
+
+use crate::cli::IptablesArgs;
+
+/// The chain PREROUTING jumps to; it decides which ports are captured.
+const INBOUND_CHAIN: &str = "ISTIO_INBOUND";
+/// The chain that REDIRECTs a captured connection to peerguard's inbound port.
+const REDIRECT_CHAIN: &str = "ISTIO_IN_REDIRECT";
+/// Our one rule outside our own chains, exactly as `iptables-save` prints it.
+const PREROUTING_JUMP: &str = "-A PREROUTING -p tcp -j ISTIO_INBOUND";
+
+/// peerguard's health port (`run --health` default): the kubelet's probes must reach it directly.
+const HEALTH_PORT: u16 = 15021;
+/// peerguard's admin port (`run --admin` default): never proxied.
+const ADMIN_PORT: u16 = 15000;
+
+/// Bad port arguments.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortsError {
+    #[error("--inbound-ports is empty: give `*` for all ports or a comma list such as 80,443")]
+    Empty,
+    #[error("`{0}` is not a port (1..65535)")]
+    NotAPort(String),
+    #[error("port {0} is peerguard's own and is never redirected; remove it from --inbound-ports")]
+    OwnPort(u16),
+}
+
+/// Which inbound ports are redirected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundPorts {
+    /// Every port except the excluded ones.
+    All { excluded: BTreeSet<u16> },
+    /// Only these ports (in the order given, duplicates and excluded ports dropped).
+    Listed(Vec<u16>),
+}
+
+/// A validated inbound capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    pub ports: InboundPorts,
+    /// peerguard's transparent listener port, the REDIRECT target.
+    pub inbound_port: u16,
+}
+
+impl Capture {
+    /// Validate the command line. peerguard's own ports (inbound, health, admin) are always
+    /// excluded with `*`: redirecting the inbound port to itself would make peerguard refuse
+    /// every direct connection as `own_port`, and the health probe must reach 15021 as is.
+    pub fn from_args(args: &IptablesArgs) -> Result<Self, PortsError> {
+        let inbound_port = nonzero(args.inbound_port)?;
+        let own = [inbound_port, HEALTH_PORT, ADMIN_PORT];
+        let mut excluded = BTreeSet::from(own);
+        for &port in &args.exclude_inbound_ports {
+            excluded.insert(nonzero(port)?);
+        }
+        let text = args.inbound_ports.trim();
+        let ports = if text == "*" {
+            InboundPorts::All { excluded }
+        } else {
+            let items: Vec<&str> = text.split(',').map(str::trim).filter(|item| !item.is_empty()).collect();
+            if items.is_empty() {
+                return Err(PortsError::Empty);
+            }
+            let mut listed = Vec::new();
+            for item in items {
+                let port = item
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&port| port != 0)
+                    .ok_or_else(|| PortsError::NotAPort(item.to_owned()))?;
+                if own.contains(&port) {
+                    return Err(PortsError::OwnPort(port));
+                }
+                if !excluded.contains(&port) && !listed.contains(&port) {
+                    listed.push(port);
+                }
+            }
+            InboundPorts::Listed(listed)
+        };
+        Ok(Self { ports, inbound_port })
+    }
+}
+
+fn nonzero(port: u16) -> Result<u16, PortsError> {
+    if port == 0 {
+        Err(PortsError::NotAPort(port.to_string()))
+    } else {
+        Ok(port)
+    }
+}
+
+/// The script `peerguard iptables` prints: the whole capture for a nat table that has none of
+/// it yet, loadable with `iptables-restore --noflush` (and `ip6tables-restore --noflush`).
+pub fn print_script(capture: &Capture) -> String {
+    let mut script = String::from(
+        "# peerguard inbound capture (istio-iptables compatible, nat table).\n\
+         # Load with `iptables-restore --noflush` (and `ip6tables-restore --noflush` for IPv6),\n\
+         # or run `peerguard iptables --apply`, which is idempotent.\n",
+    );
+    script.push_str(&apply_script(capture, ""));
+    script
+}
+
+/// The script that brings a nat table, as `iptables-save -t nat` printed it, to exactly our
+/// capture: our chains are (re)created and flushed before they are filled, and the PREROUTING
+/// jump is added only if it is missing, so applying twice leaves the same rule set.
+pub fn apply_script(capture: &Capture, current_nat: &str) -> String {
+    let mut lines = vec![
+        "*nat".to_owned(),
+        format!(":{INBOUND_CHAIN} - [0:0]"),
+        format!(":{REDIRECT_CHAIN} - [0:0]"),
+        format!("-F {INBOUND_CHAIN}"),
+        format!("-F {REDIRECT_CHAIN}"),
+    ];
+    if prerouting_jumps(current_nat) == 0 {
+        lines.push(PREROUTING_JUMP.to_owned());
+    }
+    match &capture.ports {
+        InboundPorts::All { excluded } => {
+            for port in excluded {
+                lines.push(format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN"));
+            }
+            lines.push(format!("-A {INBOUND_CHAIN} -p tcp -j {REDIRECT_CHAIN}"));
+        }
+        InboundPorts::Listed(ports) => {
+            for port in ports {
+                lines.push(format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j {REDIRECT_CHAIN}"));
+            }
+        }
+    }
+    lines.push(format!(
+        "-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+        capture.inbound_port
+    ));
+    lines.push("COMMIT".to_owned());
+    lines.join("\n") + "\n"
+}
+
+/// The script that removes what [`apply_script`] added from a nat table as `iptables-save -t
+/// nat` printed it: every PREROUTING jump to our chain, then our chains. `None` when there is
+/// nothing of ours, so cleaning twice is fine.
+pub fn clean_script(current_nat: &str) -> Option<String> {
+    let mut lines = vec!["*nat".to_owned()];
+    for _ in 0..prerouting_jumps(current_nat) {
+        lines.push(PREROUTING_JUMP.replacen("-A", "-D", 1));
+    }
+    let ours: Vec<&str> = [INBOUND_CHAIN, REDIRECT_CHAIN]
+        .into_iter()
+        .filter(|chain| has_chain(current_nat, chain))
+        .collect();
+    // Flush both before deleting either: ISTIO_INBOUND's rules reference ISTIO_IN_REDIRECT.
+    lines.extend(ours.iter().map(|chain| format!("-F {chain}")));
+    lines.extend(ours.iter().map(|chain| format!("-X {chain}")));
+    if lines.len() == 1 {
+        return None;
+    }
+    lines.push("COMMIT".to_owned());
+    Some(lines.join("\n") + "\n")
+}
+
+fn prerouting_jumps(current_nat: &str) -> usize {
+    current_nat
+        .lines()
+        .filter(|line| line.trim() == PREROUTING_JUMP)
+        .count()
+}
+
+fn has_chain(current_nat: &str, chain: &str) -> bool {
+    current_nat
+        .lines()
+        .any(|line| line.strip_prefix(':').and_then(|rest| rest.split_whitespace().next()) == Some(chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(inbound_ports: &str, exclude: &[u16]) -> IptablesArgs {
+        IptablesArgs {
+            apply: false,
+            clean: false,
+            inbound_ports: inbound_ports.to_owned(),
+            exclude_inbound_ports: exclude.to_vec(),
+            inbound_port: 15006,
+            proxy_uid: 1337,
+            ipv6: false,
+        }
+    }
+
+    fn rules(capture: &Capture) -> Vec<String> {
+        apply_script(capture, "").lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn all_ports_are_captured_except_peerguards_own_and_the_excluded() {
+        let capture = Capture::from_args(&args("*", &[22])).unwrap();
+        assert_eq!(
+            rules(&capture),
+            [
+                "*nat",
+                ":ISTIO_INBOUND - [0:0]",
+                ":ISTIO_IN_REDIRECT - [0:0]",
+                "-F ISTIO_INBOUND",
+                "-F ISTIO_IN_REDIRECT",
+                "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+                "-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15000 -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15006 -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
+                "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
+                "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+                "COMMIT",
+            ]
+        );
+    }
+
+    #[test]
+    fn listed_ports_each_jump_to_the_redirect() {
+        let capture = Capture::from_args(&args("80, 443,80,22", &[22])).unwrap();
+        assert_eq!(capture.ports, InboundPorts::Listed(vec![80, 443]));
+        let rules = rules(&capture);
+        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 80 -j ISTIO_IN_REDIRECT".to_owned()));
+        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 443 -j ISTIO_IN_REDIRECT".to_owned()));
+        assert!(!rules
+            .iter()
+            .any(|rule| rule.contains("RETURN") || rule.contains("--dport 22")));
+    }
+
+    #[test]
+    fn a_moved_inbound_port_moves_the_redirect_and_its_exclusion() {
+        let mut moved = args("*", &[]);
+        moved.inbound_port = 16006;
+        let rules = rules(&Capture::from_args(&moved).unwrap());
+        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 16006 -j RETURN".to_owned()));
+        assert!(rules.contains(&"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006".to_owned()));
+    }
+
+    #[test]
+    fn bad_ports_are_refused_with_the_offending_text() {
+        assert_eq!(Capture::from_args(&args("", &[])), Err(PortsError::Empty));
+        assert_eq!(Capture::from_args(&args(" , ", &[])), Err(PortsError::Empty));
+        assert_eq!(
+            Capture::from_args(&args("80,http", &[])),
+            Err(PortsError::NotAPort("http".into()))
+        );
+        assert_eq!(
+            Capture::from_args(&args("70000", &[])),
+            Err(PortsError::NotAPort("70000".into()))
+        );
+        assert_eq!(
+            Capture::from_args(&args("0", &[])),
+            Err(PortsError::NotAPort("0".into()))
+        );
+        assert_eq!(
+            Capture::from_args(&args("*", &[0])),
+            Err(PortsError::NotAPort("0".into()))
+        );
+        assert_eq!(
+            Capture::from_args(&args("80,15021", &[])),
+            Err(PortsError::OwnPort(15021))
+        );
+        assert_eq!(Capture::from_args(&args("15006", &[])), Err(PortsError::OwnPort(15006)));
+    }
+
+    #[test]
+    fn a_list_emptied_by_exclusions_captures_nothing() {
+        let capture = Capture::from_args(&args("22", &[22])).unwrap();
+        assert_eq!(capture.ports, InboundPorts::Listed(vec![]));
+        assert!(!rules(&capture).iter().any(|rule| rule.starts_with("-A ISTIO_INBOUND")));
+    }
+
+    #[test]
+    fn applying_over_an_existing_capture_keeps_one_prerouting_jump() {
+        let capture = Capture::from_args(&args("*", &[])).unwrap();
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n\
+                     -A PREROUTING -p tcp -j ISTIO_INBOUND\nCOMMIT\n";
+        let script = apply_script(&capture, saved);
+        assert!(!script.contains("-A PREROUTING"));
+        assert!(script.contains("-F ISTIO_INBOUND\n"));
+    }
+
+    #[test]
+    fn the_printed_script_is_the_fresh_apply_script_with_a_header() {
+        let capture = Capture::from_args(&args("*", &[])).unwrap();
+        let printed = print_script(&capture);
+        assert!(printed.starts_with("# peerguard inbound capture"));
+        assert!(printed.ends_with(&apply_script(&capture, "")));
+    }
+
+    #[test]
+    fn clean_removes_our_jumps_and_chains_and_nothing_else() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-X - [0:0]\n\
+                     :ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n\
+                     -A PREROUTING -p tcp -j KUBE-X\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+                     -A PREROUTING -p tcp -j ISTIO_INBOUND\n\
+                     -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\nCOMMIT\n";
+        assert_eq!(
+            clean_script(saved).unwrap(),
+            "*nat\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n\
+             -F ISTIO_INBOUND\n-F ISTIO_IN_REDIRECT\n-X ISTIO_INBOUND\n-X ISTIO_IN_REDIRECT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn cleaning_a_table_without_our_rules_does_nothing() {
+        assert_eq!(clean_script(""), None);
+        assert_eq!(
+            clean_script("*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUNDX - [0:0]\nCOMMIT\n"),
+            None
+        );
+    }
+}
