@@ -2,11 +2,13 @@
 //!
 //! Layout:
 //! - `cli`: command-line types.
+//! - `check`: the `peerguard check` command: each port's mode, its source, and a decision.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> outcome.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod inbound;
 pub mod policy;
