@@ -249,4 +249,70 @@ mod tests {
              applies to the whole namespace"
         );
     }
+
+    #[test]
+    fn every_validation_error_reads_as_the_operator_sees_it() {
+        let pa = |spec: &str| {
+            format!("{{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {{name: p, namespace: foo}}, spec: {spec}}}")
+        };
+        let at = "p.yaml: document 0 (PeerAuthentication foo/p): ";
+        let cases = [
+            (
+                pa("{mtls: {mode: Strict}}"),
+                "spec.mtls.mode: \"Strict\" is not one of UNSET, DISABLE, PERMISSIVE, STRICT",
+            ),
+            (
+                pa("{portLevelMtls: {80: {mode: DISABLE}}}"),
+                "spec.portLevelMtls: needs spec.selector.matchLabels: port-level mTLS applies to the ports of \
+                 selected workloads only",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {}}"),
+                "spec.portLevelMtls: is empty: list at least one port, or remove it",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {70000: {}}}"),
+                "spec.portLevelMtls.70000: \"70000\" is not a port number (1..65535)",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {http: {}}}"),
+                "spec.portLevelMtls.http: \"http\" is not a port number (1..65535)",
+            ),
+            (
+                pa("{selector: {matchLabels: {'': a}}}"),
+                "spec.selector.matchLabels: has an empty label key",
+            ),
+            (
+                pa("{selector: {matchLabels: {'app*': a}}}"),
+                "spec.selector.matchLabels[\"app*\"]: \"app*\" contains `*`: wildcards are not supported in selectors",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(&text, "p.yaml"), format!("{at}{message}"));
+        }
+        assert_eq!(
+            error(
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo, \
+                 annotations: {http-alpns.aspenmesh.io: 'on'}}}",
+                "p.yaml"
+            ),
+            format!("{at}metadata.annotations[\"http-alpns.aspenmesh.io\"]: \"on\" is not one of \"true\", \"false\"")
+        );
+        assert_eq!(
+            error(
+                "{apiVersion: v1, kind: Service, metadata: {name: s, namespace: foo, annotations: {auth.istio.io/80: TLS}}}",
+                "p.yaml"
+            ),
+            "p.yaml: document 0 (Service foo/s): metadata.annotations[\"auth.istio.io/80\"]: \"TLS\" is not one of \
+             NONE, MUTUAL_TLS, INHERIT"
+        );
+        assert_eq!(
+            error(
+                "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default}, \
+                 spec: {peers: [{mtls: {mode: strict}}]}}",
+                "p.yaml"
+            ),
+            "p.yaml: document 0 (MeshPolicy default): spec.peers[0].mtls.mode: \"strict\" is not one of STRICT, PERMISSIVE"
+        );
+    }
 }
