@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `cli`: command-line types.
+//! - `check`: the `peerguard check` command: each port's mode, its source, and a decision.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> outcome.
@@ -9,6 +10,7 @@
 //! - `iptables`: the istio-iptables-compatible inbound capture rules: print, apply, clean.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod inbound;
 pub mod iptables;

@@ -1,18 +1,17 @@
 use clap::Parser;
-
 use peerguard::cli::Command;
 
 fn main() -> std::process::ExitCode {
     let cli = peerguard::cli::Cli::parse();
-    let result = match &cli.command {
-        Command::Iptables(args) => peerguard::iptables::run(args),
-        _ => Ok(()),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("peerguard: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+    match cli.command {
+        Command::Check(args) => peerguard::check::run(&args),
+        Command::Iptables(args) => match peerguard::iptables::run(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("peerguard: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        _ => std::process::ExitCode::SUCCESS,
     }
 }

@@ -1,14 +1,36 @@
 //! The policy engine: which mTLS mode holds on a workload port, and which policy set it.
 //!
 //! Layout:
-//! - `parse`: YAML text (+ source name) -> typed, validated documents, errors naming file,
-//!   document index, kind/namespace/name and field path.
+//! - `set`: `PolicySet`, the validated documents of one load; the era decision per workload.
+//! - `parse`: YAML/JSON text (+ source name) -> validated documents; `node` walks values with
+//!   field paths; `document` holds what every kind shares.
+//! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
+//! - `workload`: who the workload is, from the command line or the downward API.
+//! - `error`: the operator-facing errors and warnings.
+
+mod document;
+mod error;
+mod legacy;
+mod legacy_policy;
+mod node;
+mod parse;
+mod peer_authentication;
+mod resolve;
+mod service;
+mod set;
+#[cfg(test)]
+mod test_support;
+mod workload;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
+pub use set::{Loaded, PolicySet};
+pub use workload::WorkloadError;
 
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -37,4 +59,87 @@ pub struct Workload {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub root_namespace: String,
+}
+
+/// The mode one workload port gets, and which policy set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortPolicy {
+    pub port: u16,
+    pub mode: MtlsMode,
+    /// `None`: no policy sets a mode, so the built-in default holds.
+    pub source: Option<PolicySource>,
+    /// Whether standard HTTP ALPNs count as mesh markers; only ever true on PERMISSIVE ports.
+    pub http_alpn: bool,
+}
+
+/// The policy that decided a port's mode, and at which level it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicySource {
+    pub kind: String,
+    /// Empty for the cluster-scoped MeshPolicy.
+    pub namespace: String,
+    pub name: String,
+    pub level: PolicyLevel,
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// Where in the precedence order a mode came from (PRODUCT.md §1.3 and §1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyLevel {
+    /// PeerAuthentication in the root namespace without a selector.
+    Mesh,
+    /// PeerAuthentication in the workload's namespace without a selector.
+    Namespace,
+    /// PeerAuthentication whose selector matches the workload.
+    Workload,
+    /// That workload policy's `portLevelMtls` entry for the port.
+    Port,
+    /// The `MeshPolicy` named `default`.
+    LegacyMesh,
+    /// A `Policy` without targets in the workload's namespace.
+    LegacyNamespace,
+    /// A `Policy` whose targets name a Service that selects the workload.
+    LegacyService,
+    /// An Istio 0.3 `auth.istio.io/<port>` annotation on a Service that selects the workload.
+    ServiceAnnotation,
+    /// Legacy documents apply to the workload but none covers this port: plaintext only, as in
+    /// Istio 1.1-1.4. The source is the legacy document that made the workload legacy.
+    LegacyUncovered,
+}
+
+impl PolicyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyLevel::Mesh => "mesh",
+            PolicyLevel::Namespace => "namespace",
+            PolicyLevel::Workload => "workload",
+            PolicyLevel::Port => "port",
+            PolicyLevel::LegacyMesh => "legacy_mesh",
+            PolicyLevel::LegacyNamespace => "legacy_namespace",
+            PolicyLevel::LegacyService => "legacy_service",
+            PolicyLevel::ServiceAnnotation => "service_annotation",
+            PolicyLevel::LegacyUncovered => "legacy_uncovered",
+        }
+    }
+}
+
+impl PolicySource {
+    fn of(meta: &document::Meta, level: PolicyLevel) -> Self {
+        PolicySource {
+            kind: meta.kind.as_str().to_string(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            level,
+        }
+    }
 }

@@ -1,0 +1,227 @@
+//! `peerguard check`: what the proxy would do on a workload's ports, and why (PRODUCT.md §4).
+//!
+//! It resolves with the same `PolicySet::resolve` and decides with the same `decide` as the
+//! proxy, so the report cannot drift from the behaviour.
+//!
+//! Text output is for pasting into a ticket. JSON output is an array with one object per port,
+//! the last one for "all other ports" (`port: null`):
+//! `{"port", "mode", "source": {"kind", "namespace", "name", "level"} | null, "http_alpn",
+//! "action", "reason"}`; `action` and `reason` are null unless a connection is described.
+//! Exit code 0 on success, 2 on an invalid policy or workload (warnings go to stderr).
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::inbound::decide::{decide, Decision, Sniffed};
+use crate::inbound::outcome::Reason;
+use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload, WorkloadError};
+use crate::tls::client_hello::ClientHello;
+
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("--port 0 is not a port (1..65535)")]
+    PortZero,
+}
+
+/// Runs `peerguard check` and maps the outcome to an exit code.
+pub fn run(args: &CheckArgs) -> ExitCode {
+    match report(args) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One line of the answer: a port (or all other ports) and what a described connection gets.
+#[derive(Debug, Serialize)]
+struct PortReport {
+    /// `None`: every port not listed.
+    port: Option<u16>,
+    mode: MtlsMode,
+    source: Option<PolicySource>,
+    http_alpn: bool,
+    action: Option<crate::inbound::outcome::Action>,
+    reason: Option<Reason>,
+}
+
+fn report(args: &CheckArgs) -> Result<String, CheckError> {
+    let workload = Workload::from_args(&args.workload)?;
+    let (set, files) = match &args.policy {
+        Some(path) => {
+            let loaded = PolicySet::load(path)?;
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            (loaded.set, loaded.files)
+        }
+        None => (PolicySet::empty(), Vec::new()),
+    };
+    for warning in set.warnings_for(&workload) {
+        eprintln!("warning: {warning}");
+    }
+    let connection = described_connection(args);
+    let known = set.known_ports(&workload);
+    let ports: Vec<Option<u16>> = match args.port {
+        Some(0) => return Err(CheckError::PortZero),
+        Some(port) => vec![Some(port)],
+        None => known.iter().copied().map(Some).chain([None]).collect(),
+    };
+    // Every port no policy names resolves alike, so any one of them stands for "all other ports".
+    let other_port = (1..=u16::MAX).find(|port| !known.contains(port)).unwrap_or(u16::MAX);
+    let reports: Vec<PortReport> = ports
+        .into_iter()
+        .map(|port| {
+            let PortPolicy {
+                mode,
+                source,
+                http_alpn,
+                ..
+            } = set.resolve(&workload, port.unwrap_or(other_port));
+            let decision = connection.as_ref().map(|sniffed| decide(mode, sniffed, http_alpn));
+            PortReport {
+                port,
+                mode,
+                source,
+                http_alpn,
+                action: decision.map(|d| d.action),
+                reason: decision.map(|d| d.reason),
+            }
+        })
+        .collect();
+    Ok(match args.output {
+        OutputFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&reports).expect("a port report always serializes");
+            json.push('\n');
+            json
+        }
+        OutputFormat::Text => text(&workload, &files, args, connection.as_ref(), &reports),
+    })
+}
+
+fn described_connection(args: &CheckArgs) -> Option<Sniffed> {
+    if args.plaintext {
+        return Some(Sniffed::Plaintext);
+    }
+    args.tls.then(|| {
+        Sniffed::Tls(ClientHello {
+            sni: None,
+            alpn: args.alpn.iter().map(|alpn| alpn.as_bytes().to_vec()).collect(),
+        })
+    })
+}
+
+fn text(
+    workload: &Workload,
+    files: &[std::path::PathBuf],
+    args: &CheckArgs,
+    connection: Option<&Sniffed>,
+    reports: &[PortReport],
+) -> String {
+    let mut out = String::new();
+    let labels: Vec<String> = workload.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let labels = if labels.is_empty() {
+        "(none)".to_string()
+    } else {
+        labels.join(",")
+    };
+    let _ = writeln!(
+        out,
+        "workload:   namespace {}, labels {labels}, root namespace {}",
+        workload.namespace, workload.root_namespace
+    );
+    let policy = match files {
+        [] => "none (every port PERMISSIVE)".to_string(),
+        files => files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let _ = writeln!(out, "policy:     {policy}");
+    if connection.is_some() {
+        let _ = writeln!(out, "connection: {}", connection_in_words(args));
+    }
+    for report in reports {
+        let port = report
+            .port
+            .map_or("all other ports".to_string(), |p| format!("port {p}"));
+        let _ = writeln!(out, "\n{port}: {}", report.mode.as_str());
+        let set_by = match &report.source {
+            Some(source) => format!("{source} ({}: {})", source.level.as_str(), level_in_words(source.level)),
+            None => "no policy (PERMISSIVE is the default)".to_string(),
+        };
+        let _ = writeln!(out, "  set by:     {set_by}");
+        let annotation = match (report.http_alpn, report.mode) {
+            (true, _) => "on: http/1.0, http/1.1 and h2 also mark mesh peers",
+            (false, MtlsMode::Permissive) => "off",
+            (false, _) => "off (it acts on PERMISSIVE ports only)",
+        };
+        let _ = writeln!(out, "  http alpn:  {annotation}");
+        if let (Some(action), Some(reason)) = (report.action, report.reason) {
+            let why = why(Decision { action, reason }, report.mode, args);
+            let _ = writeln!(out, "  action:     {} ({}): {why}", action.as_str(), reason.as_str());
+        }
+    }
+    out
+}
+
+fn connection_in_words(args: &CheckArgs) -> String {
+    match (args.plaintext, args.alpn.as_slice()) {
+        (true, _) => "plaintext".to_string(),
+        (false, []) => "TLS, no ALPN offered".to_string(),
+        (false, alpns) => format!("TLS, ALPN offered: {}", alpns.join(", ")),
+    }
+}
+
+fn level_in_words(level: PolicyLevel) -> &'static str {
+    match level {
+        PolicyLevel::Mesh => "mesh-wide policy in the root namespace",
+        PolicyLevel::Namespace => "namespace-wide policy",
+        PolicyLevel::Workload => "policy selecting this workload",
+        PolicyLevel::Port => "portLevelMtls entry for this port",
+        PolicyLevel::LegacyMesh => "legacy mesh-wide policy",
+        PolicyLevel::LegacyNamespace => "legacy namespace-wide policy",
+        PolicyLevel::LegacyService => "legacy policy targeting a Service of this workload",
+        PolicyLevel::ServiceAnnotation => "Istio 0.3 auth.istio.io annotation on a Service of this workload",
+        PolicyLevel::LegacyUncovered => {
+            "legacy policies apply to this workload but none covers this port, so it accepts plaintext only"
+        }
+    }
+}
+
+/// The decision in an operator's words. `check` describes plaintext or a whole ClientHello, so
+/// only the reasons `decide` gives for those are worded; any other shows its label.
+fn why(decision: Decision, mode: MtlsMode, args: &CheckArgs) -> String {
+    let offers_http_alpn = args
+        .alpn
+        .iter()
+        .any(|a| ["http/1.0", "http/1.1", "h2"].contains(&a.as_str()));
+    match decision.reason {
+        Reason::Mtls if mode == MtlsMode::Strict => {
+            "STRICT: every TLS client must complete mTLS with a mesh certificate".to_string()
+        }
+        Reason::Mtls => "a mesh ALPN is offered, so peerguard terminates mTLS".to_string(),
+        Reason::PassthroughTls if offers_http_alpn => "no mesh ALPN is offered (http/1.0, http/1.1 and h2 count only \
+             with the http-alpns.aspenmesh.io annotation), so this is the app's own TLS, passed through untouched"
+            .to_string(),
+        Reason::PassthroughTls => {
+            "no mesh ALPN is offered, so this is the app's own TLS, passed through untouched".to_string()
+        }
+        Reason::PassthroughPlaintext => "PERMISSIVE: plaintext goes to the app untouched".to_string(),
+        Reason::PassthroughDisabled => "DISABLE: forwarded untouched without reading a byte".to_string(),
+        Reason::PlaintextOnStrict => "STRICT: plaintext is refused with a TCP close (curl exits 56)".to_string(),
+        other => other.as_str().to_string(),
+    }
+}

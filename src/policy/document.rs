@@ -1,0 +1,172 @@
+//! What every understood document has: its kind, `metadata`, and where it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::policy::error::{Concern, DocumentRef, Problem};
+use crate::policy::legacy_policy::LegacyPolicy;
+use crate::policy::node::{FieldResult, Node};
+use crate::policy::peer_authentication::PeerAuthentication;
+use crate::policy::service::Service;
+
+/// The kinds peerguard understands (PRODUCT.md §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    PeerAuthentication,
+    MeshPolicy,
+    Policy,
+    Service,
+}
+
+impl Kind {
+    /// The kind an `apiVersion` + `kind` pair names, if peerguard understands it. Matching on
+    /// both keeps e.g. a Knative `Service` or a Kyverno `Policy` out.
+    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        match (api_version, kind) {
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
+                Some(Kind::PeerAuthentication)
+            }
+            ("authentication.istio.io/v1alpha1", "MeshPolicy") => Some(Kind::MeshPolicy),
+            ("authentication.istio.io/v1alpha1", "Policy") => Some(Kind::Policy),
+            ("v1", "Service") => Some(Kind::Service),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::MeshPolicy => "MeshPolicy",
+            Kind::Policy => "Policy",
+            Kind::Service => "Service",
+        }
+    }
+}
+
+/// A document's identity and the metadata resolution needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub kind: Kind,
+    /// `default` when absent; empty for the cluster-scoped MeshPolicy.
+    pub namespace: String,
+    pub name: String,
+    /// `None` (absent) counts as oldest, as in Istio.
+    pub created: Option<OffsetDateTime>,
+    pub origin: DocumentRef,
+}
+
+impl Meta {
+    /// Reads `metadata` and records the identity in `origin` so later errors name it.
+    pub fn parse(kind: Kind, root: &Node, origin: &mut DocumentRef) -> FieldResult<Meta> {
+        origin.identity = Some(kind.as_str().to_string());
+        let metadata = root.require("metadata")?;
+        let name = metadata.require("name")?.text()?.to_string();
+        let namespace = match (kind, metadata.get("namespace")?) {
+            (Kind::MeshPolicy, _) => String::new(),
+            (_, Some(namespace)) => namespace.text()?.to_string(),
+            (_, None) => "default".to_string(),
+        };
+        let mut meta = Meta {
+            kind,
+            namespace,
+            name,
+            created: None,
+            origin: origin.clone(),
+        };
+        origin.identity = Some(meta.to_string());
+        meta.origin = origin.clone();
+        meta.created = metadata
+            .get("creationTimestamp")?
+            .map(|node| parse_timestamp(&node))
+            .transpose()?;
+        Ok(meta)
+    }
+
+    /// Istio's order among policies at one level: oldest first, then the smaller name.
+    pub fn precedence(&self) -> (Option<OffsetDateTime>, &str) {
+        (self.created, &self.name)
+    }
+
+    /// What makes two documents the same object in Kubernetes.
+    pub fn key(&self) -> (Kind, String, String) {
+        (self.kind, self.namespace.clone(), self.name.clone())
+    }
+}
+
+impl fmt::Display for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
+    }
+}
+
+fn parse_timestamp(node: &Node) -> FieldResult<OffsetDateTime> {
+    let text = node.text()?;
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        node.error(Problem::BadTimestamp {
+            value: format!("{text:?}"),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// One understood document.
+#[derive(Debug, Clone)]
+pub(crate) enum Document {
+    PeerAuthentication(PeerAuthentication),
+    Legacy(LegacyPolicy),
+    Service(Service),
+}
+
+impl Document {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Document::PeerAuthentication(policy) => &policy.meta,
+            Document::Legacy(policy) => &policy.meta,
+            Document::Service(service) => &service.meta,
+        }
+    }
+}
+
+/// A warning found while reading one document, before the caller adds where the document is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldWarning {
+    pub path: String,
+    pub concern: Concern,
+}
+
+/// Reads a label map (`selector.matchLabels` or a Service's `selector`): text keys and values,
+/// no empty key, no `*` anywhere.
+pub(crate) fn parse_labels(node: &Node) -> FieldResult<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for (key, value) in node.entries()? {
+        if key.is_empty() {
+            return Err(node.error(Problem::EmptyLabelKey));
+        }
+        let text = value.text()?;
+        if key.contains('*') {
+            return Err(value.error(Problem::WildcardInSelector {
+                value: format!("{key:?}"),
+            }));
+        }
+        if text.contains('*') {
+            return Err(value.error(Problem::WildcardInSelector {
+                value: format!("{text:?}"),
+            }));
+        }
+        labels.insert(key, text.to_string());
+    }
+    Ok(labels)
+}
+
+/// Whether every label of `selector` is on the workload. An empty selector matches anything;
+/// what "no selector" means differs by kind, so callers check emptiness first.
+pub(crate) fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+}

@@ -1,0 +1,127 @@
+//! What can be wrong with a policy file, and what is merely worth a warning.
+//!
+//! Every message names the file, the document's 0-based index within that file (and, for a
+//! `kind: List`, the item), the document's `kind namespace/name`, and the field path, because
+//! the operator reading it has a directory of YAML and nothing else.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where a document came from: `policy.yaml: document 2 items[1] (PeerAuthentication foo/finance)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentRef {
+    /// The file name (or the name given to `parse_str`).
+    pub source: String,
+    /// 0-based index of the `---`-separated document within the file.
+    pub index: usize,
+    /// 0-based index within a `kind: List` document's `items`, if the document is a List.
+    pub item: Option<usize>,
+    /// `Kind namespace/name`, as far as it is known when the problem is found.
+    pub identity: Option<String>,
+}
+
+impl fmt::Display for DocumentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.source, self.index)?;
+        if let Some(item) = self.item {
+            write!(f, " items[{item}]")?;
+        }
+        if let Some(identity) = &self.identity {
+            write!(f, " ({identity})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with one field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("expected {expected}, found {found}")]
+    WrongType { expected: &'static str, found: String },
+    #[error("is required")]
+    Missing,
+    #[error("{value} is not one of {allowed}")]
+    NotOneOf { value: String, allowed: &'static str },
+    #[error("needs spec.selector.matchLabels: port-level mTLS applies to the ports of selected workloads only")]
+    PortLevelWithoutSelector,
+    #[error("is empty: list at least one port, or remove it")]
+    EmptyPortLevel,
+    #[error("{value} is not a port number (1..65535)")]
+    BadPort { value: String },
+    #[error("has an empty label key")]
+    EmptyLabelKey,
+    #[error("{value} contains `*`: wildcards are not supported in selectors")]
+    WildcardInSelector { value: String },
+    #[error("{value} is not an RFC 3339 time: {reason}")]
+    BadTimestamp { value: String, reason: String },
+}
+
+/// A policy that cannot be used. `Display` is the whole operator-facing message.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{source_name}: document {index}: does not parse: {message}")]
+    Syntax {
+        source_name: String,
+        index: usize,
+        /// The parser's message, with its line and column.
+        message: String,
+    },
+    #[error("{at}: {}{problem}", path_prefix(.path))]
+    Invalid {
+        at: Box<DocumentRef>,
+        path: String,
+        problem: Problem,
+    },
+    #[error("{at}: has the same kind, namespace and name as {first}")]
+    Duplicate {
+        at: Box<DocumentRef>,
+        first: Box<DocumentRef>,
+    },
+}
+
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+/// Something suspicious that does not stop the policy from being used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWarning {
+    pub at: DocumentRef,
+    pub path: String,
+    pub concern: Concern,
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}{}", self.at, path_prefix(&self.path), self.concern)
+    }
+}
+
+/// Why a warning was raised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Concern {
+    #[error("the selector is empty, so the policy applies to the whole namespace")]
+    EmptySelector,
+    #[error("the HTTP ALPN annotation is not supported in the root namespace {root_namespace}; ignored")]
+    AnnotationInRootNamespace { root_namespace: String },
+    #[error(
+        "a namespace-wide Policy (no targets) should be named `default` (Istio's validation refused others); \
+         used as the namespace policy"
+    )]
+    UnnamedNamespacePolicy,
+    #[error("only the MeshPolicy named `default` is used; this one is ignored")]
+    MeshPolicyNotDefault,
+    #[error(
+        "the named targetPort {name:?} cannot be mapped to a workload port without the pod spec; \
+         policies on this Service port are ignored"
+    )]
+    NamedTargetPort { name: String },
+    #[error("names service port {port}, which this Service does not expose; ignored")]
+    AnnotationPortNotInService { port: u16 },
+}

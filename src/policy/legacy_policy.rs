@@ -1,0 +1,231 @@
+//! Legacy `MeshPolicy` and `Policy` (`authentication.istio.io/v1alpha1`, Istio 0.8–1.5).
+
+use crate::policy::document::{FieldWarning, Kind, Meta};
+use crate::policy::error::Concern;
+use crate::policy::node::{FieldResult, Node};
+use crate::policy::MtlsMode;
+
+/// The only name Istio used for mesh- and namespace-wide legacy policies.
+pub(crate) const DEFAULT_POLICY_NAME: &str = "default";
+
+/// One validated v1alpha1 policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LegacyPolicy {
+    pub meta: Meta,
+    /// Services (in the policy's namespace) the policy is limited to; empty means namespace-
+    /// or mesh-wide.
+    pub targets: Vec<Target>,
+    /// What `peers` amounts to: STRICT or PERMISSIVE for an `mtls` entry, DISABLE without one.
+    pub mode: MtlsMode,
+}
+
+/// `spec.targets[]`: a Service, optionally limited to some of its ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The Service's short name (`httpbin`, also from `httpbin.bar.svc.cluster.local`).
+    pub service: String,
+    /// Empty: every port of the workload the Service selects.
+    pub ports: Vec<PortSelector>,
+}
+
+/// A Service port, by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PortSelector {
+    Number(u16),
+    Name(String),
+}
+
+impl LegacyPolicy {
+    pub fn parse(root: &Node, meta: Meta, warnings: &mut Vec<FieldWarning>) -> FieldResult<Self> {
+        let spec = root.get("spec")?;
+        let (targets, mode) = match &spec {
+            Some(spec) => (parse_targets(spec, &meta.namespace)?, parse_peers(spec)?),
+            None => (Vec::new(), MtlsMode::Disable),
+        };
+        let misnamed = meta.name != DEFAULT_POLICY_NAME;
+        match meta.kind {
+            Kind::MeshPolicy if misnamed => warnings.push(FieldWarning {
+                path: "metadata.name".into(),
+                concern: Concern::MeshPolicyNotDefault,
+            }),
+            Kind::Policy if misnamed && targets.is_empty() => warnings.push(FieldWarning {
+                path: "metadata.name".into(),
+                concern: Concern::UnnamedNamespacePolicy,
+            }),
+            _ => {}
+        }
+        Ok(LegacyPolicy { meta, targets, mode })
+    }
+
+    /// A MeshPolicy Istio would use: only the one named `default` ever was.
+    pub fn is_mesh_default(&self) -> bool {
+        self.meta.kind == Kind::MeshPolicy && self.meta.name == DEFAULT_POLICY_NAME
+    }
+
+    /// A namespace-wide Policy: no targets.
+    pub fn is_namespace_wide(&self) -> bool {
+        self.meta.kind == Kind::Policy && self.targets.is_empty()
+    }
+}
+
+fn parse_targets(spec: &Node, namespace: &str) -> FieldResult<Vec<Target>> {
+    let Some(targets) = spec.get("targets")? else {
+        return Ok(Vec::new());
+    };
+    targets
+        .items()?
+        .iter()
+        .map(|target| {
+            let name = target.require("name")?.text()?;
+            let ports = match target.get("ports")? {
+                Some(ports) => ports
+                    .items()?
+                    .iter()
+                    .map(parse_port_selector)
+                    .collect::<FieldResult<_>>()?,
+                None => Vec::new(),
+            };
+            Ok(Target {
+                service: short_service_name(name, namespace),
+                ports,
+            })
+        })
+        .collect()
+}
+
+/// `httpbin`, `httpbin.bar` and `httpbin.bar.svc.cluster.local` all name Service `httpbin` when
+/// the policy is in `bar`. A name in another namespace can never select this workload, so it
+/// keeps its full text and matches no Service.
+fn short_service_name(name: &str, namespace: &str) -> String {
+    match name.split_once('.') {
+        Some((service, rest)) if rest.split('.').next() == Some(namespace) => service.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+fn parse_port_selector(node: &Node) -> FieldResult<PortSelector> {
+    if let Some(number) = node.get("number")? {
+        return Ok(PortSelector::Number(number.port()?));
+    }
+    Ok(PortSelector::Name(node.require("name")?.text()?.to_string()))
+}
+
+/// The first `mtls` peer method decides; `- mtls:` (null), `{}` and `mode: STRICT` are STRICT.
+/// Without one (no peers, an empty list, only `jwt`) the workload accepted plaintext only.
+fn parse_peers(spec: &Node) -> FieldResult<MtlsMode> {
+    let Some(peers) = spec.get("peers")? else {
+        return Ok(MtlsMode::Disable);
+    };
+    for peer in peers.items()? {
+        if !peer.has("mtls")? {
+            continue;
+        }
+        return match peer.get("mtls")?.map(|mtls| mtls.get("mode")).transpose()?.flatten() {
+            Some(mode) => mode.one_of(
+                &[("STRICT", MtlsMode::Strict), ("PERMISSIVE", MtlsMode::Permissive)],
+                "STRICT, PERMISSIVE",
+            ),
+            None => Ok(MtlsMode::Strict),
+        };
+    }
+    Ok(MtlsMode::Disable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::error::{DocumentRef, Problem};
+
+    fn parse(kind: Kind, yaml: &str) -> (FieldResult<LegacyPolicy>, Vec<FieldWarning>) {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("test YAML parses");
+        let root = Node::root(&value);
+        let mut origin = DocumentRef {
+            source: "test.yaml".into(),
+            index: 0,
+            item: None,
+            identity: None,
+        };
+        let meta = Meta::parse(kind, &root, &mut origin).expect("metadata is valid");
+        let mut warnings = Vec::new();
+        (LegacyPolicy::parse(&root, meta, &mut warnings), warnings)
+    }
+
+    fn mode(peers: &str) -> MtlsMode {
+        let yaml = format!("metadata: {{name: default}}\nspec:\n  peers:\n{peers}");
+        parse(Kind::MeshPolicy, &yaml).0.expect("policy is valid").mode
+    }
+
+    #[test]
+    fn an_mtls_peer_in_any_spelling_is_strict() {
+        for peers in [
+            "  - mtls: {}",
+            "  - mtls: null",
+            "  - mtls:",
+            "  - mtls: {mode: STRICT}",
+        ] {
+            assert_eq!(mode(peers), MtlsMode::Strict, "{peers}");
+        }
+        assert_eq!(mode("  - mtls: {mode: PERMISSIVE}"), MtlsMode::Permissive);
+    }
+
+    #[test]
+    fn no_mtls_peer_means_plaintext_only() {
+        for peers in ["    []", "", "  - jwt: {issuer: x}"] {
+            assert_eq!(mode(peers), MtlsMode::Disable, "{peers:?}");
+        }
+        let (policy, _) = parse(Kind::Policy, "metadata: {name: default, namespace: foo}");
+        assert_eq!(policy.unwrap().mode, MtlsMode::Disable);
+    }
+
+    #[test]
+    fn a_legacy_mode_must_be_strict_or_permissive() {
+        let (policy, _) = parse(
+            Kind::MeshPolicy,
+            "metadata: {name: default}\nspec: {peers: [{mtls: {mode: DISABLE}}]}",
+        );
+        let error = policy.unwrap_err();
+        assert_eq!(error.path, "spec.peers[0].mtls.mode");
+        assert_eq!(
+            error.problem,
+            Problem::NotOneOf {
+                value: "\"DISABLE\"".into(),
+                allowed: "STRICT, PERMISSIVE"
+            }
+        );
+    }
+
+    #[test]
+    fn targets_name_services_by_short_or_qualified_name_and_ports_by_number_or_name() {
+        let (policy, _) = parse(
+            Kind::Policy,
+            "metadata: {name: p, namespace: bar}\nspec:\n  targets:\n  - name: httpbin.bar.svc.cluster.local\n    ports: [{number: 1234}, {name: http}]\n  - name: other.foo",
+        );
+        let policy = policy.unwrap();
+        assert_eq!(
+            policy.targets,
+            [
+                Target {
+                    service: "httpbin".into(),
+                    ports: vec![PortSelector::Number(1234), PortSelector::Name("http".into())]
+                },
+                Target {
+                    service: "other.foo".into(),
+                    ports: vec![]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_istio_would_have_refused_are_warned_about() {
+        let (_, warnings) = parse(Kind::Policy, "metadata: {name: strict-foo, namespace: foo}");
+        assert_eq!(warnings[0].concern, Concern::UnnamedNamespacePolicy);
+        let (_, warnings) = parse(Kind::MeshPolicy, "metadata: {name: mesh}");
+        assert_eq!(warnings[0].concern, Concern::MeshPolicyNotDefault);
+        let (_, warnings) = parse(
+            Kind::Policy,
+            "metadata: {name: httpbin}\nspec: {targets: [{name: httpbin}]}",
+        );
+        assert!(warnings.is_empty());
+    }
+}

@@ -1,0 +1,318 @@
+//! Text of one policy file (+ its name) -> validated documents. Pure: no file system.
+//!
+//! Each `---` document is parsed into a generic value first and then walked, so that errors
+//! name the file, the 0-based document index, `kind namespace/name` and the field path.
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::policy::document::{Document, FieldWarning, Kind, Meta};
+use crate::policy::error::{DocumentRef, PolicyError, PolicyWarning};
+use crate::policy::legacy_policy::LegacyPolicy;
+use crate::policy::node::{FieldError, FieldResult, Node};
+use crate::policy::peer_authentication::PeerAuthentication;
+use crate::policy::service::Service;
+
+/// What one or more files held.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub documents: Vec<Document>,
+    pub warnings: Vec<PolicyWarning>,
+    /// Documents of kinds peerguard does not read (Deployments, DestinationRules, ...).
+    pub skipped: usize,
+}
+
+impl Parsed {
+    pub fn extend(&mut self, other: Parsed) {
+        self.documents.extend(other.documents);
+        self.warnings.extend(other.warnings);
+        self.skipped += other.skipped;
+    }
+}
+
+/// Parses a file's text. `source` names it in messages; a `.json` name selects JSON.
+pub(crate) fn parse_text(text: &str, source: &str) -> Result<Parsed, PolicyError> {
+    let mut parsed = Parsed::default();
+    let syntax_error = |index: usize, message: String| PolicyError::Syntax {
+        source_name: source.to_string(),
+        index,
+        message,
+    };
+    if source.ends_with(".json") {
+        let value: Value = serde_json::from_str(text).map_err(|e| syntax_error(0, e.to_string()))?;
+        read_document(&value, document_ref(source, 0, None), &mut parsed)?;
+        return Ok(parsed);
+    }
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| syntax_error(index, e.to_string()))?;
+        read_document(&value, document_ref(source, index, None), &mut parsed)?;
+    }
+    Ok(parsed)
+}
+
+fn document_ref(source: &str, index: usize, item: Option<usize>) -> DocumentRef {
+    DocumentRef {
+        source: source.to_string(),
+        index,
+        item,
+        identity: None,
+    }
+}
+
+/// One `---` document: empty, a `kind: List`, or a single object.
+fn read_document(value: &Value, at: DocumentRef, parsed: &mut Parsed) -> Result<(), PolicyError> {
+    if value.is_null() {
+        return Ok(());
+    }
+    let root = Node::root(value);
+    let invalid = |at: &DocumentRef, error: FieldError| PolicyError::Invalid {
+        at: Box::new(at.clone()),
+        path: error.path,
+        problem: error.problem,
+    };
+    let (api_version, kind) = type_of(&root).map_err(|e| invalid(&at, e))?;
+    if (api_version, kind) != ("v1", "List") {
+        return read_object(&root, at, parsed);
+    }
+    let items = root.require("items").and_then(|items| items.items());
+    for (item, node) in items.map_err(|e| invalid(&at, e))?.into_iter().enumerate() {
+        read_object(
+            &Node::root(node.value),
+            document_ref(&at.source, at.index, Some(item)),
+            parsed,
+        )?;
+    }
+    Ok(())
+}
+
+/// `apiVersion` and `kind`, empty when absent.
+fn type_of<'a>(root: &Node<'a>) -> FieldResult<(&'a str, &'a str)> {
+    let text = |key: &str| -> FieldResult<&'a str> {
+        root.get(key)?
+            .map(|node| node.text())
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok((text("apiVersion")?, text("kind")?))
+}
+
+fn read_object(root: &Node, mut at: DocumentRef, parsed: &mut Parsed) -> Result<(), PolicyError> {
+    let mut warnings = Vec::new();
+    let result = type_of(root).and_then(|(api_version, kind)| match Kind::of(api_version, kind) {
+        Some(kind) => read_kind(kind, root, &mut at, &mut warnings).map(Some),
+        None => {
+            tracing::debug!(%at, api_version, kind, "skipping a kind peerguard does not read");
+            Ok(None)
+        }
+    });
+    let document = result.map_err(|error| PolicyError::Invalid {
+        at: Box::new(at.clone()),
+        path: error.path,
+        problem: error.problem,
+    })?;
+    match document {
+        Some(document) => parsed.documents.push(document),
+        None => parsed.skipped += 1,
+    }
+    parsed.warnings.extend(
+        warnings
+            .into_iter()
+            .map(|FieldWarning { path, concern }| PolicyWarning {
+                at: at.clone(),
+                path,
+                concern,
+            }),
+    );
+    Ok(())
+}
+
+fn read_kind(kind: Kind, root: &Node, at: &mut DocumentRef, warnings: &mut Vec<FieldWarning>) -> FieldResult<Document> {
+    let meta = Meta::parse(kind, root, at)?;
+    Ok(match kind {
+        Kind::PeerAuthentication => Document::PeerAuthentication(PeerAuthentication::parse(root, meta, warnings)?),
+        Kind::MeshPolicy | Kind::Policy => Document::Legacy(LegacyPolicy::parse(root, meta, warnings)?),
+        Kind::Service => Document::Service(Service::parse(root, meta, warnings)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str, source: &str) -> String {
+        parse_text(text, source).expect_err("the policy is invalid").to_string()
+    }
+
+    #[test]
+    fn documents_lists_and_empty_documents_are_read_and_other_kinds_counted() {
+        let text = "---\n\
+            apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n---\n\
+            ---\n\
+            apiVersion: v1\nkind: List\nitems:\n\
+            - {apiVersion: security.istio.io/v1beta1, kind: PeerAuthentication, metadata: {name: b}}\n\
+            - {apiVersion: apps/v1, kind: Deployment, metadata: {name: c}}\n\
+            - {apiVersion: serving.knative.dev/v1, kind: Service, metadata: {name: d}}\n";
+        let parsed = parse_text(text, "p.yaml").unwrap();
+        let names: Vec<_> = parsed.documents.iter().map(|d| d.meta().name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(parsed.skipped, 2);
+    }
+
+    #[test]
+    fn a_missing_namespace_means_default() {
+        let parsed = parse_text(
+            "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a}}",
+            "p.yaml",
+        )
+        .unwrap();
+        assert_eq!(parsed.documents[0].meta().namespace, "default");
+    }
+
+    #[test]
+    fn json_files_are_read_as_json() {
+        let parsed = parse_text(
+            r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "authentication.istio.io/v1alpha1", "kind": "MeshPolicy", "metadata": {"name": "default"}}]}"#,
+            "p.json",
+        )
+        .unwrap();
+        assert_eq!(parsed.documents[0].meta().to_string(), "MeshPolicy default");
+    }
+
+    #[test]
+    fn errors_name_file_document_identity_and_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\n{}\n---\n\
+            apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: finance, namespace: foo}\n\
+            spec:\n  selector: {matchLabels: {app: finance}}\n  portLevelMtls:\n    8080: {mode: strict}\n";
+        assert_eq!(
+            error(text, "policy.yaml"),
+            "policy.yaml: document 2 (PeerAuthentication foo/finance): spec.portLevelMtls.8080.mode: \
+             \"strict\" is not one of UNSET, DISABLE, PERMISSIVE, STRICT"
+        );
+    }
+
+    #[test]
+    fn errors_inside_a_list_name_the_item() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+            - {apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a, namespace: foo}, spec: {portLevelMtls: {80: {}}}}\n";
+        assert_eq!(
+            error(text, "list.yaml"),
+            "list.yaml: document 0 items[0] (PeerAuthentication foo/a): spec.portLevelMtls: needs \
+             spec.selector.matchLabels: port-level mTLS applies to the ports of selected workloads only"
+        );
+    }
+
+    #[test]
+    fn a_missing_name_is_reported_with_the_kind() {
+        assert_eq!(
+            error("{apiVersion: v1, kind: Service, metadata: {namespace: foo}}", "s.yaml"),
+            "s.yaml: document 0 (Service): metadata.name: is required"
+        );
+    }
+
+    #[test]
+    fn a_bad_creation_timestamp_is_refused() {
+        let message = error(
+            "{apiVersion: v1, kind: Service, metadata: {name: s, creationTimestamp: yesterday}}",
+            "s.yaml",
+        );
+        assert!(
+            message.starts_with("s.yaml: document 0 (Service default/s): metadata.creationTimestamp: \"yesterday\" is not an RFC 3339 time"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn yaml_that_does_not_parse_is_reported_with_line_and_column() {
+        assert_eq!(
+            error("kind: Service\n---\nmetadata: {name: [}\n", "bad.yaml"),
+            "bad.yaml: document 1: does not parse: did not find expected node content at line 3 column 19, \
+             while parsing a flow node"
+        );
+        let message = error("{\"kind\": }", "bad.json");
+        assert!(
+            message.starts_with("bad.json: document 0: does not parse: "),
+            "{message}"
+        );
+        assert!(message.contains("line 1 column 10"), "{message}");
+    }
+
+    #[test]
+    fn warnings_carry_the_document_location() {
+        let parsed = parse_text(
+            "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a, namespace: foo}, spec: {selector: {}}}",
+            "w.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.warnings[0].to_string(),
+            "w.yaml: document 0 (PeerAuthentication foo/a): spec.selector: the selector is empty, so the policy \
+             applies to the whole namespace"
+        );
+    }
+
+    #[test]
+    fn every_validation_error_reads_as_the_operator_sees_it() {
+        let pa = |spec: &str| {
+            format!("{{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {{name: p, namespace: foo}}, spec: {spec}}}")
+        };
+        let at = "p.yaml: document 0 (PeerAuthentication foo/p): ";
+        let cases = [
+            (
+                pa("{mtls: {mode: Strict}}"),
+                "spec.mtls.mode: \"Strict\" is not one of UNSET, DISABLE, PERMISSIVE, STRICT",
+            ),
+            (
+                pa("{portLevelMtls: {80: {mode: DISABLE}}}"),
+                "spec.portLevelMtls: needs spec.selector.matchLabels: port-level mTLS applies to the ports of \
+                 selected workloads only",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {}}"),
+                "spec.portLevelMtls: is empty: list at least one port, or remove it",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {70000: {}}}"),
+                "spec.portLevelMtls.70000: \"70000\" is not a port number (1..65535)",
+            ),
+            (
+                pa("{selector: {matchLabels: {app: a}}, portLevelMtls: {http: {}}}"),
+                "spec.portLevelMtls.http: \"http\" is not a port number (1..65535)",
+            ),
+            (
+                pa("{selector: {matchLabels: {'': a}}}"),
+                "spec.selector.matchLabels: has an empty label key",
+            ),
+            (
+                pa("{selector: {matchLabels: {'app*': a}}}"),
+                "spec.selector.matchLabels[\"app*\"]: \"app*\" contains `*`: wildcards are not supported in selectors",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(&text, "p.yaml"), format!("{at}{message}"));
+        }
+        assert_eq!(
+            error(
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo, \
+                 annotations: {http-alpns.aspenmesh.io: 'on'}}}",
+                "p.yaml"
+            ),
+            format!("{at}metadata.annotations[\"http-alpns.aspenmesh.io\"]: \"on\" is not one of \"true\", \"false\"")
+        );
+        assert_eq!(
+            error(
+                "{apiVersion: v1, kind: Service, metadata: {name: s, namespace: foo, annotations: {auth.istio.io/80: TLS}}}",
+                "p.yaml"
+            ),
+            "p.yaml: document 0 (Service foo/s): metadata.annotations[\"auth.istio.io/80\"]: \"TLS\" is not one of \
+             NONE, MUTUAL_TLS, INHERIT"
+        );
+        assert_eq!(
+            error(
+                "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default}, \
+                 spec: {peers: [{mtls: {mode: strict}}]}}",
+                "p.yaml"
+            ),
+            "p.yaml: document 0 (MeshPolicy default): spec.peers[0].mtls.mode: \"strict\" is not one of STRICT, PERMISSIVE"
+        );
+    }
+}

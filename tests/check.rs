@@ -1,0 +1,286 @@
+//! `peerguard check` as an operator runs it: the real binary on the seeds' policies.
+
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/policies");
+
+fn check(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peerguard"))
+        .arg("check")
+        .args(args)
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .expect("peerguard runs")
+}
+
+fn policy(name: &str) -> String {
+    format!("{POLICIES}/{name}")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn json_rows(args: &[&str]) -> Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--output", "json"]).collect();
+    serde_json::from_str(&stdout(&check(&args))).expect("stdout is JSON")
+}
+
+#[test]
+fn finance_is_strict_except_on_its_port_8080() {
+    let finance = policy("finance.yaml");
+    let text = stdout(&check(&[
+        "--policy",
+        &finance,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+    ]));
+    assert_eq!(
+        text,
+        format!(
+            "workload:   namespace foo, labels app=finance, root namespace istio-system\n\
+             policy:     {finance}\n\
+             \n\
+             port 8080: DISABLE\n  \
+               set by:     PeerAuthentication foo/finance (port: portLevelMtls entry for this port)\n  \
+               http alpn:  off (it acts on PERMISSIVE ports only)\n\
+             \n\
+             all other ports: STRICT\n  \
+               set by:     PeerAuthentication foo/finance (workload: policy selecting this workload)\n  \
+               http alpn:  off (it acts on PERMISSIVE ports only)\n"
+        )
+    );
+}
+
+#[test]
+fn finance_as_json_lists_each_port_then_all_other_ports() {
+    let rows = json_rows(&[
+        "--policy",
+        &policy("finance.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+    ]);
+    assert_eq!(
+        rows,
+        json!([
+            {"port": 8080, "mode": "DISABLE", "http_alpn": false, "action": null, "reason": null,
+             "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "finance", "level": "port"}},
+            {"port": null, "mode": "STRICT", "http_alpn": false, "action": null, "reason": null,
+             "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "finance", "level": "workload"}},
+        ])
+    );
+}
+
+#[test]
+fn a_workload_the_finance_policy_does_not_select_gets_the_namespace_mode() {
+    let rows = json_rows(&[
+        "--policy",
+        &policy("finance.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=ledger",
+    ]);
+    assert_eq!(rows[0]["port"], Value::Null);
+    assert_eq!(rows[0]["mode"], "PERMISSIVE");
+    assert_eq!(rows[0]["source"]["level"], "namespace");
+}
+
+#[test]
+fn an_unset_workload_mode_inherits_the_namespace_strict() {
+    let rows = json_rows(&[
+        "--policy",
+        &policy("finance-inherit.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+        "--port",
+        "9090",
+        "--plaintext",
+    ]);
+    assert_eq!(
+        rows,
+        json!([{"port": 9090, "mode": "STRICT", "http_alpn": false, "action": "refuse", "reason": "plaintext_on_strict",
+                "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "default", "level": "namespace"}}])
+    );
+}
+
+#[test]
+fn a_described_connection_gets_the_proxys_action_and_reason_in_words() {
+    let text = stdout(&check(&[
+        "--policy",
+        &policy("finance.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+        "--port",
+        "9090",
+        "--plaintext",
+    ]));
+    assert!(text.contains("connection: plaintext\n"), "{text}");
+    assert!(
+        text.contains("  action:     refuse (plaintext_on_strict): STRICT: plaintext is refused with a TCP close"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_http_alpn_annotation_makes_h2_a_mesh_alpn_on_permissive_ports() {
+    let args = [
+        "--policy",
+        &policy("http-alpn.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+        "--tls",
+        "--alpn",
+        "h2,http/1.1",
+    ];
+    let rows = json_rows(&args);
+    assert_eq!(rows[0]["http_alpn"], true);
+    assert_eq!(rows[0]["action"], "terminate");
+    assert_eq!(rows[0]["reason"], "mtls");
+    assert_eq!(rows[0]["source"]["level"], "workload");
+
+    let text = stdout(&check(&args));
+    assert!(text.contains("connection: TLS, ALPN offered: h2, http/1.1\n"), "{text}");
+    assert!(
+        text.contains("  http alpn:  on: http/1.0, http/1.1 and h2 also mark mesh peers\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn istio_1_1_httpbin_in_foo_is_plaintext_by_its_service_policy() {
+    let dir = policy("istio-1.1-task");
+    let text = stdout(&check(&[
+        "--policy",
+        &dir,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=httpbin,version=v1",
+    ]));
+    assert!(
+        text.contains(
+            "port 80: DISABLE\n  set by:     Policy foo/overwrite-example (legacy_service: legacy policy targeting a \
+             Service of this workload)\n"
+        ),
+        "{text}"
+    );
+    let rows = json_rows(&[
+        "--policy",
+        &dir,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=httpbin,version=v1",
+    ]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    for row in rows.as_array().into_iter().flatten() {
+        assert_eq!(row["mode"], "DISABLE");
+        assert_eq!(row["source"]["name"], "overwrite-example");
+    }
+}
+
+#[test]
+fn istio_1_1_httpbin_in_bar_accepts_plaintext_on_ports_its_port_1234_policy_does_not_cover() {
+    let rows = json_rows(&[
+        "--policy",
+        &policy("istio-1.1-task"),
+        "--namespace",
+        "bar",
+        "--labels",
+        "app=httpbin,version=v1",
+        "--plaintext",
+    ]);
+    assert_eq!(
+        rows[0],
+        json!({"port": 80, "mode": "DISABLE", "http_alpn": false, "action": "passthrough", "reason": "passthrough_disabled",
+               "source": {"kind": "Policy", "namespace": "bar", "name": "httpbin", "level": "legacy_uncovered"}})
+    );
+}
+
+#[test]
+fn the_istio_0_3_annotation_disables_mtls_on_the_mapped_container_port() {
+    let rows = json_rows(&[
+        "--policy",
+        &policy("istio-0.3-annotation.yaml"),
+        "--namespace",
+        "default",
+        "--labels",
+        "app=httpbin",
+    ]);
+    assert_eq!(rows[0]["port"], 80);
+    assert_eq!(rows[0]["mode"], "DISABLE");
+    assert_eq!(rows[0]["source"]["level"], "service_annotation");
+    assert_eq!(rows[1]["source"]["level"], "legacy_uncovered");
+}
+
+#[test]
+fn no_policy_means_every_port_permissive() {
+    let rows = json_rows(&["--namespace", "foo", "--labels", "app=x"]);
+    assert_eq!(
+        rows,
+        json!([{"port": null, "mode": "PERMISSIVE", "source": null, "http_alpn": false, "action": null, "reason": null}])
+    );
+}
+
+#[test]
+fn an_invalid_policy_exits_2_with_the_error_on_stderr() {
+    let file = policy("invalid/lowercase-mode.yaml");
+    let output = check(&["--policy", &file, "--namespace", "foo", "--labels", "app=finance"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: {file}: document 1 (PeerAuthentication foo/finance): spec.portLevelMtls.8080.mode: \
+             \"strict\" is not one of UNSET, DISABLE, PERMISSIVE, STRICT\n"
+        )
+    );
+}
+
+#[test]
+fn a_bad_label_exits_2() {
+    let output = check(&["--namespace", "foo", "--labels", "app"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: --labels: \"app\" is not key=value\n"
+    );
+}
+
+#[test]
+fn warnings_go_to_stderr_and_the_policy_is_used() {
+    let file = policy("warnings.yaml");
+    let output = check(&["--policy", &file, "--namespace", "foo", "--output", "json"]);
+    let rows: Value = serde_json::from_str(&stdout(&output)).expect("stdout is JSON");
+    assert_eq!(rows[0]["mode"], "STRICT");
+    assert_eq!(rows[0]["source"]["name"], "everyone");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "warning: {file}: document 1 (PeerAuthentication foo/everyone): spec.selector: the selector is empty, \
+             so the policy applies to the whole namespace\n\
+             warning: {file}: document 0 (PeerAuthentication istio-system/default): \
+             metadata.annotations[\"http-alpns.aspenmesh.io\"]: the HTTP ALPN annotation is not supported in the \
+             root namespace istio-system; ignored\n"
+        )
+    );
+}
