@@ -3,6 +3,7 @@
 pub mod client_hello;
 pub mod credentials;
 pub mod identity;
+pub mod server_config;
 
 use std::sync::Arc;
 
