@@ -183,7 +183,37 @@ fn rsa_modulus_bits(modulus: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use rustls::server::WebPkiClientVerifier;
+
     use super::*;
+    use crate::certs::{DevCa, KeyAlgorithm};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A fresh directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("peerguard-credentials-{label}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn id() -> SpiffeId {
+        SpiffeId::new("cluster.local", "default", "app").unwrap()
+    }
 
     #[test]
     fn modulus_bits_ignore_the_sign_byte() {
@@ -191,5 +221,116 @@ mod tests {
         assert_eq!(rsa_modulus_bits(&[0x01, 0xff]), 9);
         assert_eq!(rsa_modulus_bits(&[]), 0);
         assert_eq!(rsa_modulus_bits(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn issued_certificates_of_every_algorithm_load() {
+        let scratch = Scratch::new("algorithms");
+        let ca = DevCa::generate().unwrap();
+        for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Ed25519] {
+            let dir = scratch.0.join(format!("{algorithm:?}"));
+            ca.issue_workload_with(&id(), HOUR, algorithm)
+                .unwrap()
+                .write_cert_dir(&dir)
+                .unwrap();
+            let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{algorithm:?}");
+
+            let credentials = Credentials::load_dir(&dir).unwrap();
+            assert_eq!(credentials.identity, Some(id()));
+            assert!(!credentials.serial.is_empty() && credentials.serial.bytes().all(|b| b.is_ascii_hexdigit()));
+            let now = SystemTime::now();
+            assert!(!credentials.is_expired(now));
+            assert!(credentials.is_expired(now + 2 * HOUR));
+        }
+    }
+
+    #[test]
+    fn a_saved_ca_reloads_and_issues_certificates_that_chain_to_it() {
+        let scratch = Scratch::new("ca-reload");
+        let original = DevCa::generate().unwrap();
+        original.save(&scratch.0.join("ca")).unwrap();
+        let reloaded = DevCa::load_or_create(&scratch.0.join("ca")).unwrap();
+        assert_eq!(reloaded.cert_pem(), original.cert_pem());
+
+        let leaf = reloaded.issue_workload(&id(), HOUR).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(original.cert_der().clone()).unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+            .build()
+            .unwrap();
+        verifier
+            .verify_client_cert(&leaf.cert_der, &[], rustls_pki_types::UnixTime::now())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let scratch = Scratch::new("mismatch");
+        let ca = DevCa::generate().unwrap();
+        let dir = scratch.0.join("a");
+        ca.issue_workload(&id(), HOUR).unwrap().write_cert_dir(&dir).unwrap();
+        let other = scratch.0.join("b");
+        ca.issue_workload(&id(), HOUR).unwrap().write_cert_dir(&other).unwrap();
+
+        let error = Credentials::load_files(
+            &dir.join(CERT_CHAIN_FILE),
+            &other.join(KEY_FILE),
+            &dir.join(ROOT_CERT_FILE),
+        )
+        .unwrap_err();
+        assert!(matches!(error, CredentialsError::KeyMismatch { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("b/key.pem") && message.contains("a/cert-chain.pem"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let scratch = Scratch::new("missing");
+        let error = Credentials::load_dir(&scratch.0).unwrap_err();
+        assert!(error.to_string().contains("cert-chain.pem"), "{error}");
+
+        std::fs::write(scratch.0.join(CERT_CHAIN_FILE), "no pem here\n").unwrap();
+        let error = Credentials::load_dir(&scratch.0).unwrap_err();
+        assert!(matches!(error, CredentialsError::NoCertificate { .. }), "{error}");
+    }
+
+    /// A self-signed RSA certificate of `bits` made by the real openssl.
+    fn openssl_rsa(dir: &Path, bits: u32) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join(format!("rsa{bits}.pem")), dir.join(format!("rsa{bits}.key")));
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                &format!("rsa:{bits}"),
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args(["-subj", "/CN=rsa", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+        (cert, key)
+    }
+
+    #[test]
+    fn rsa_needs_at_least_2048_bits() {
+        let scratch = Scratch::new("rsa");
+        let (cert, key) = openssl_rsa(&scratch.0, 2048);
+        Credentials::load_files(&cert, &key, &cert).unwrap();
+
+        let (cert, key) = openssl_rsa(&scratch.0, 1024);
+        let error = Credentials::load_files(&cert, &key, &cert).unwrap_err();
+        assert!(matches!(error, CredentialsError::UnsupportedKey { .. }), "{error}");
+        assert!(error.to_string().contains("RSA key of 1024 bits"), "{error}");
     }
 }
