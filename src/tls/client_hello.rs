@@ -406,14 +406,17 @@ impl<'a> HandshakeCursor<'a> {
 mod tests {
     use super::*;
 
-    fn sni_ext(name: &[u8]) -> (u16, Vec<u8>) {
+    /// (extension type, extension data)
+    type Extension = (u16, Vec<u8>);
+
+    fn sni_ext(name: &[u8]) -> Extension {
         let mut entry = vec![NAME_TYPE_HOST_NAME];
         entry.extend(u16_be(name.len()));
         entry.extend(name);
         (0, with_u16_len(&entry))
     }
 
-    fn alpn_ext(names: &[&[u8]]) -> (u16, Vec<u8>) {
+    fn alpn_ext(names: &[&[u8]]) -> Extension {
         let mut list = Vec::new();
         for name in names {
             list.push(name.len() as u8);
@@ -433,7 +436,7 @@ mod tests {
     }
 
     /// A ClientHello handshake message (header included) with the given extensions.
-    fn handshake(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    fn handshake(extensions: &[Extension]) -> Vec<u8> {
         let mut body = vec![3, 3];
         body.extend([7; 32]); // random
         body.push(0); // session id
@@ -552,7 +555,7 @@ mod tests {
 
     #[test]
     fn bad_extensions_are_malformed() {
-        let cases: [(&[(u16, Vec<u8>)], MalformedHello); 6] = [
+        let cases: [(&[Extension], MalformedHello); 6] = [
             (
                 &[alpn_ext(&[b"h2"]), alpn_ext(&[b"h2"])],
                 MalformedHello::DuplicateExtension,
