@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,10 +163,27 @@ impl DevCa {
         validity: Duration,
         algorithm: KeyAlgorithm,
     ) -> Result<IssuedCert, CertsError> {
+        self.issue(vec![SanType::URI(spiffe.to_string().try_into()?)], validity, algorithm)
+    }
+
+    /// A plain server certificate for host names and IP addresses: what an application serves
+    /// as its own TLS, from a CA that is not the mesh's.
+    pub fn issue_server(&self, names: &[&str], validity: Duration) -> Result<IssuedCert, CertsError> {
+        let sans = names
+            .iter()
+            .map(|name| match name.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*name).try_into()?)),
+            })
+            .collect::<Result<Vec<_>, CertsError>>()?;
+        self.issue(sans, validity, KeyAlgorithm::default())
+    }
+
+    fn issue(&self, sans: Vec<SanType>, validity: Duration, algorithm: KeyAlgorithm) -> Result<IssuedCert, CertsError> {
         let key = KeyPair::generate_for(algorithm.rcgen())?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(spiffe.to_string().try_into()?)];
+        params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;

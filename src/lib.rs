@@ -1,11 +1,25 @@
 //! peerguard: an inbound L4 sidecar proxy that enforces Istio peer authentication.
+//!
+//! Layout:
+//! - `cli`: command-line types; `config`: the validated configuration of `run`.
+//! - `app`: start-up, listeners, drain.
+//! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
+//! - `state`: live snapshots of policy and credentials, swapped whole on reload.
+//! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
+//! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
+//! - `net`: socket options, original destination, upstream source binding.
+//! - `check`, `certs`, `demo`, `iptables`: the other subcommands.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod inbound;
 pub mod iptables;
 pub mod net;
 pub mod policy;
+pub mod state;
 pub mod tls;

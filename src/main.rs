@@ -1,19 +1,76 @@
-use clap::Parser;
-use peerguard::cli::Command;
+//! The `peerguard` binary: parse the command line, start tracing, run, map errors to exit codes.
 
-fn main() -> std::process::ExitCode {
-    let cli = peerguard::cli::Cli::parse();
-    let result = match cli.command {
-        Command::Check(args) => return peerguard::check::run(&args),
-        Command::Iptables(args) => peerguard::iptables::run(&args),
-        Command::Certs(args) => peerguard::certs::run(&args),
-        _ => Ok(()),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("peerguard: {err:#}");
-            std::process::ExitCode::FAILURE
+use std::process::ExitCode;
+
+use clap::Parser;
+use peerguard::cli::{Cli, Command, LogFormat};
+
+/// Exit code for an invalid policy, as `check` uses it too.
+const EXIT_INVALID_POLICY: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            run(&args)
         }
+        Command::Check(args) => peerguard::check::run(&args),
+        Command::Demo(args) => {
+            init_tracing(LogFormat::Text);
+            report(peerguard::demo::run(&args))
+        }
+        Command::Certs(args) => report(peerguard::certs::run(&args)),
+        Command::Iptables(args) => report(peerguard::iptables::run(&args)),
+    }
+}
+
+fn run(args: &peerguard::cli::RunArgs) -> ExitCode {
+    let config = match peerguard::config::Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let workload = match peerguard::policy::Workload::from_args(&args.workload) {
+        Ok(workload) => workload,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(peerguard::app::run(config, workload)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ peerguard::app::StartError::Policy(_)) => {
+            eprintln!("peerguard: {e}");
+            ExitCode::from(EXIT_INVALID_POLICY)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerguard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("peerguard: {error}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEERGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

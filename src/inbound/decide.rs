@@ -14,6 +14,8 @@ pub enum Sniffed {
     NotRead,
     /// No byte arrived within the sniff timeout (a server-first protocol, or a stalled client).
     Silent,
+    /// Part of a ClientHello arrived, then nothing more within the sniff timeout.
+    Stalled,
     /// The first bytes are not a TLS handshake record.
     Plaintext,
     /// A whole, well-formed ClientHello.
@@ -55,7 +57,7 @@ pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
 
         (MtlsMode::Strict, Sniffed::Tls(_)) => (Terminate, Reason::Mtls),
         (MtlsMode::Strict, Sniffed::Plaintext) => (Refuse, Reason::PlaintextOnStrict),
-        (MtlsMode::Strict, Sniffed::Silent | Sniffed::NotRead) => (Refuse, Reason::SniffTimeout),
+        (MtlsMode::Strict, Sniffed::Silent | Sniffed::Stalled | Sniffed::NotRead) => (Refuse, Reason::SniffTimeout),
         (MtlsMode::Strict, Sniffed::Malformed) => (Refuse, Reason::ClientHelloMalformed),
 
         (MtlsMode::Permissive, Sniffed::Tls(hello)) => {
@@ -67,6 +69,9 @@ pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
         }
         (MtlsMode::Permissive, Sniffed::Plaintext) => (Passthrough, Reason::PassthroughPlaintext),
         (MtlsMode::Permissive, Sniffed::Silent | Sniffed::NotRead) => (Passthrough, Reason::PassthroughServerFirst),
+        // As Envoy does when its TLS inspector times out: no TLS was recognised, so the bytes
+        // go on as they are.
+        (MtlsMode::Permissive, Sniffed::Stalled) => (Passthrough, Reason::SniffTimeout),
         (MtlsMode::Permissive, Sniffed::Malformed) => (Passthrough, Reason::ClientHelloMalformed),
 
         (_, Sniffed::TooLarge) => (Refuse, Reason::ClientHelloTooLarge),
@@ -209,6 +214,7 @@ mod tests {
             hello(&["h2"]),
             Sniffed::Malformed,
             Sniffed::Silent,
+            Sniffed::Stalled,
             Sniffed::TooLarge,
         ] {
             for http_alpn in [false, true] {

@@ -1,6 +1,19 @@
-//! The data path, one stage a file.
+//! The data path, one stage a file:
+//! - `listener`: accept loop, connection cap, one task and one record per connection.
+//! - `connection`: one connection through the stages below.
+//! - `classify`: first bytes under deadline and size cap -> `Sniffed`.
+//! - `decide`: (mode, `Sniffed`, ALPN rules) -> `Action` and `Reason`; pure.
+//! - `terminate`: rustls handshake, peer SPIFFE identity.
+//! - `forward`: connect to the app, copy both ways, half-close.
+//! - `prefixed`: replay of the bytes read while classifying.
+//! - `outcome`, `record`: the closed vocabulary and the per-connection record.
 
+pub mod classify;
+pub mod connection;
 pub mod decide;
 pub mod forward;
+pub mod listener;
 pub mod outcome;
 pub mod prefixed;
+pub mod record;
+pub mod terminate;

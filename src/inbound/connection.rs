@@ -1,0 +1,134 @@
+//! One connection, start to finish, as the spec reads: resolve the port's mode -> classify the
+//! first bytes -> decide -> terminate, forward or refuse -> one record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::inbound::classify::{classify, ClassifyError};
+use crate::inbound::decide::{decide, Sniffed};
+use crate::inbound::forward::forward;
+use crate::inbound::outcome::{Action, Reason};
+use crate::inbound::record::Record;
+use crate::inbound::terminate::terminate;
+use crate::net;
+use crate::policy::MtlsMode;
+use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+
+/// What every connection handler shares: the live policy and credentials and the limits.
+pub struct DataPath {
+    pub policy: Arc<Live<PolicySnapshot>>,
+    pub tls: Arc<Live<TlsSnapshot>>,
+    pub limits: Limits,
+}
+
+impl DataPath {
+    /// Serves one accepted connection whose app is at `app` (the workload port is its port)
+    /// and returns its record.
+    pub async fn serve(&self, mut client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
+        let started = Instant::now();
+        let mut record = Record::new(source, app.port());
+        let policy = self.policy.current();
+        let port = policy.port(app.port());
+        record.mode = Some(port.mode);
+        record.policy = Some(port.label.clone());
+
+        let (sniffed, prefix) = if port.mode == MtlsMode::Disable {
+            (Sniffed::NotRead, Vec::new())
+        } else {
+            match classify(&mut client, self.limits.sniff()).await {
+                Ok(classified) => {
+                    record.sniff_time = Some(classified.elapsed);
+                    (classified.sniffed, classified.prefix)
+                }
+                Err(e) => {
+                    record.reason = match e {
+                        ClassifyError::ClosedEarly => Reason::ClientClosedEarly,
+                        ClassifyError::Io(_) => Reason::ClientIoError,
+                    };
+                    record.duration = started.elapsed();
+                    return record;
+                }
+            }
+        };
+        if let Sniffed::Tls(hello) = &sniffed {
+            record.client_hello_bytes = Some(prefix.len());
+            record.sni = hello.sni.clone();
+            record.alpn = hello.alpn.clone();
+        }
+
+        let decision = decide(port.mode, &sniffed, port.http_alpn);
+        record.action = decision.action;
+        record.reason = decision.reason;
+        match (decision.action, &sniffed) {
+            (Action::Refuse, _) => reset(client),
+            (Action::Passthrough, _) => self.connect_and_forward(client, prefix, app, &mut record).await,
+            (Action::Terminate, Sniffed::Tls(hello)) => {
+                let tls = self.tls.current();
+                let handshake_started = Instant::now();
+                match terminate(client, prefix, hello, &tls.acceptors, self.limits.handshake_timeout).await {
+                    Ok(terminated) => {
+                        record.handshake_time = Some(handshake_started.elapsed());
+                        record.peer = terminated.peer;
+                        record.negotiated_alpn = terminated.alpn;
+                        self.connect_and_forward(terminated.stream, Vec::new(), app, &mut record)
+                            .await;
+                    }
+                    Err(reason) => {
+                        record.action = Action::Refuse;
+                        record.reason = reason;
+                    }
+                }
+            }
+            // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
+            (Action::Terminate, _) => {
+                record.action = Action::Refuse;
+                record.reason = Reason::HandshakeFailed;
+            }
+        }
+        record.duration = started.elapsed();
+        record
+    }
+
+    /// Connects to the app, replays `prefix`, then copies both ways.
+    async fn connect_and_forward<C>(&self, mut client: C, prefix: Vec<u8>, app: SocketAddr, record: &mut Record)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let source = net::upstream_source(app.ip());
+        let mut upstream = match net::connect_upstream(app, source, self.limits.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%app, error = %e, "connecting to the app failed");
+                record.action = Action::Refuse;
+                record.reason = Reason::UpstreamConnectFailed;
+                return;
+            }
+        };
+        if !prefix.is_empty() {
+            if let Err(e) = upstream.write_all(&prefix).await {
+                tracing::debug!(%app, error = %e, "replaying the first bytes to the app failed");
+                record.reason = Reason::UpstreamConnectFailed;
+                record.action = Action::Refuse;
+                return;
+            }
+        }
+        let replayed = prefix.len() as u64;
+        drop(prefix);
+        let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout).await;
+        record.to_app = replayed + transferred.to_app;
+        record.to_client = transferred.to_client;
+        record.end = Some(transferred.end);
+    }
+}
+
+/// Closes a refused connection with a reset rather than a FIN, as Envoy does when no filter
+/// chain matches: the client learns at once that nothing is there (curl exits 56), instead of
+/// seeing an empty but orderly reply.
+fn reset(client: TcpStream) {
+    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+}
