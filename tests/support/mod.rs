@@ -1,1 +1,4 @@
+pub mod app;
+pub mod clients;
 pub mod pki;
+pub mod proxy;

@@ -1,0 +1,71 @@
+//! peerguard started in-process on loopback, through the same command-line path as
+//! `peerguard run`, with port-0 listeners so tests can run in parallel.
+#![allow(dead_code)] // each test file uses its own subset of these helpers
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use peerguard::app::Running;
+use peerguard::cli::{Cli, Command};
+
+use super::pki::{Pki, TestDir};
+
+/// A policy making the `default` namespace's mode `mode`, optionally with the HTTP ALPN
+/// annotation on.
+pub fn namespace_policy(mode: &str, http_alpn: bool) -> String {
+    let annotation = if http_alpn {
+        "\n  annotations:\n    http-alpns.aspenmesh.io: \"true\""
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default{annotation}\nspec:\n  mtls:\n    mode: {mode}\n"
+    )
+}
+
+pub struct Proxy {
+    /// The explicit listener in front of the app.
+    pub addr: SocketAddr,
+    pub running: Running,
+    pub dir: TestDir,
+}
+
+/// Starts peerguard for workload `app=server` in namespace `default` with `policy`, one
+/// explicit listener in front of `app`, and the mesh server certificate of `pki`.
+pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str]) -> Proxy {
+    let dir = TestDir::new("proxy");
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy).expect("write policy");
+    let certs = pki.write("proxy-certs", &pki.server);
+    let listen = format!("127.0.0.1:0={app}");
+    let mut line = vec![
+        "peerguard",
+        "run",
+        "--inbound",
+        "none",
+        "--listen",
+        &listen,
+        "--namespace",
+        "default",
+        "--labels",
+        "app=server",
+        "--admin",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+    ];
+    let (policy_arg, cert_arg) = (policy_file.display().to_string(), certs.display().to_string());
+    line.extend(["--policy", &policy_arg, "--cert-dir", &cert_arg]);
+    line.extend(extra);
+    let Command::Run(args) = Cli::try_parse_from(&line).expect("run command line").command else {
+        panic!("not a run command");
+    };
+    let config = peerguard::config::Config::from_args(&args).expect("config");
+    let workload = peerguard::policy::Workload::from_args(&args.workload).expect("workload");
+    let running = peerguard::app::start(&config, workload).await.expect("proxy starts");
+    Proxy {
+        addr: running.explicit[0],
+        running,
+        dir,
+    }
+}
