@@ -1,0 +1,139 @@
+//! The README's first command: `peerguard demo` starts a sandbox and prints commands. This runs
+//! the real binary, runs every printed command with the real `openssl s_client` and `curl`,
+//! and checks what each shows and what peerguard's access log says about it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_peerguard");
+
+/// Kills the demo on every exit path, panics included.
+struct Demo {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A block of ports unlikely to collide with a parallel test run (the demo needs base..base+1100).
+fn base_port() -> u16 {
+    30000 + (std::process::id() % 25) as u16 * 1200
+}
+
+/// Starts the demo and returns it with the commands it printed, by section number, and its
+/// closing `peerguard check` command.
+fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
+    let dir = std::env::temp_dir().join(format!("peerguard-demo-test-{}", std::process::id()));
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id())))
+            .expect("log file");
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--base-port",
+            &base_port().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start peerguard demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let demo = Demo { child, dir };
+
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut commands = Vec::new();
+    let mut section = 0;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the demo prints its instructions within 20 s");
+        if let Some(rest) = line.strip_prefix("# ") {
+            section = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        } else if section > 0 && !line.trim().is_empty() && !line.starts_with("peerguard check") {
+            commands.push((section, line.clone()));
+        }
+        if line.starts_with("peerguard check") {
+            return (demo, commands, line);
+        }
+    }
+}
+
+/// Runs one printed command the way a person would paste it, bounded in time.
+fn run(command: &str) -> String {
+    let command = command.replacen("peerguard ", &format!("{BIN} "), 1);
+    let output = Command::new("timeout")
+        .args(["20", "sh", "-c", &command])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a demo command");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
+    let (demo, commands, check) = start_demo();
+    let expectations: [(u32, &[&str]); 5] = [
+        (1, &["you reached me over plaintext"]),
+        (2, &["you reached me over the app's own TLS"]),
+        (3, &["you reached me over plaintext"]),
+        (4, &["curl exit: 56", "you reached me over plaintext"]),
+        (5, &["you reached me over the app's own TLS"]),
+    ];
+    for (section, wanted) in expectations {
+        let output: String = commands
+            .iter()
+            .filter(|(s, _)| *s == section)
+            .map(|(_, c)| run(c))
+            .collect();
+        for text in wanted {
+            assert!(
+                output.contains(text),
+                "section {section}: expected {text:?} in:\n{output}"
+            );
+        }
+    }
+    let check_output = run(&check);
+    assert!(
+        check_output.contains("STRICT") && check_output.contains("DISABLE"),
+        "{check_output}"
+    );
+
+    let log_path = std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id()));
+    let log = std::fs::read_to_string(&log_path).expect("demo log");
+    for reason in [
+        "reason=mtls",
+        "reason=passthrough_tls",
+        "reason=passthrough_plaintext",
+        "reason=plaintext_on_strict",
+        "reason=passthrough_disabled",
+    ] {
+        assert!(log.contains(reason), "the access log has {reason}:\n{log}");
+    }
+    assert!(
+        log.contains("peer=spiffe://cluster.local/ns/demo/sa/client"),
+        "the log names the mesh peer:\n{log}"
+    );
+    drop(demo);
+    let _ = std::fs::remove_file(log_path);
+}
