@@ -134,20 +134,10 @@ fn parse_peers(spec: &Node) -> FieldResult<MtlsMode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::error::{DocumentRef, Problem};
+    use crate::policy::error::Problem;
 
     fn parse(kind: Kind, yaml: &str) -> (FieldResult<LegacyPolicy>, Vec<FieldWarning>) {
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("test YAML parses");
-        let root = Node::root(&value);
-        let mut origin = DocumentRef {
-            source: "test.yaml".into(),
-            index: 0,
-            item: None,
-            identity: None,
-        };
-        let meta = Meta::parse(kind, &root, &mut origin).expect("metadata is valid");
-        let mut warnings = Vec::new();
-        (LegacyPolicy::parse(&root, meta, &mut warnings), warnings)
+        crate::policy::test_support::parse_one(kind, yaml, LegacyPolicy::parse)
     }
 
     fn mode(peers: &str) -> MtlsMode {

@@ -121,20 +121,9 @@ fn parse_port_level(node: &Node, has_selector: bool) -> FieldResult<BTreeMap<u16
 mod tests {
     use super::*;
     use crate::policy::document::Kind;
-    use crate::policy::error::DocumentRef;
 
     fn parse(yaml: &str) -> (FieldResult<PeerAuthentication>, Vec<FieldWarning>) {
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("test YAML parses");
-        let root = Node::root(&value);
-        let mut origin = DocumentRef {
-            source: "test.yaml".into(),
-            index: 0,
-            item: None,
-            identity: None,
-        };
-        let meta = Meta::parse(Kind::PeerAuthentication, &root, &mut origin).expect("metadata is valid");
-        let mut warnings = Vec::new();
-        (PeerAuthentication::parse(&root, meta, &mut warnings), warnings)
+        crate::policy::test_support::parse_one(Kind::PeerAuthentication, yaml, PeerAuthentication::parse)
     }
 
     fn problem(yaml: &str) -> (String, Problem) {

@@ -142,20 +142,9 @@ fn parse_ports(node: &Node, warnings: &mut Vec<FieldWarning>) -> FieldResult<Vec
 mod tests {
     use super::*;
     use crate::policy::document::Kind;
-    use crate::policy::error::DocumentRef;
 
     fn parse(yaml: &str) -> (FieldResult<Service>, Vec<FieldWarning>) {
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("test YAML parses");
-        let root = Node::root(&value);
-        let mut origin = DocumentRef {
-            source: "test.yaml".into(),
-            index: 0,
-            item: None,
-            identity: None,
-        };
-        let meta = Meta::parse(Kind::Service, &root, &mut origin).expect("metadata is valid");
-        let mut warnings = Vec::new();
-        (Service::parse(&root, meta, &mut warnings), warnings)
+        crate::policy::test_support::parse_one(Kind::Service, yaml, Service::parse)
     }
 
     const HTTPBIN: &str = "metadata:\n  name: httpbin\n  annotations: {auth.istio.io/8000: NONE, auth.istio.io/9000: INHERIT}\nspec:\n  selector: {app: httpbin}\n  ports:\n  - {name: http, port: 8000, targetPort: 80}\n  - {name: metrics, port: 9000}\n  - {name: grpc, port: 7000, targetPort: grpc-port}";

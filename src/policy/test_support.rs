@@ -72,3 +72,30 @@ pub(crate) fn verdict(policy: &PortPolicy) -> (MtlsMode, String) {
         .unwrap_or_default();
     (policy.mode, source)
 }
+
+/// Parses one document of `kind` with a kind's own `parse`, as the loader would, returning
+/// its result and the warnings it raised.
+pub(crate) fn parse_one<T>(
+    kind: crate::policy::document::Kind,
+    yaml: &str,
+    parse: impl FnOnce(
+        &crate::policy::node::Node,
+        crate::policy::document::Meta,
+        &mut Vec<crate::policy::document::FieldWarning>,
+    ) -> crate::policy::node::FieldResult<T>,
+) -> (
+    crate::policy::node::FieldResult<T>,
+    Vec<crate::policy::document::FieldWarning>,
+) {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("test YAML parses");
+    let root = crate::policy::node::Node::root(&value);
+    let mut origin = crate::policy::error::DocumentRef {
+        source: "test.yaml".into(),
+        index: 0,
+        item: None,
+        identity: None,
+    };
+    let meta = crate::policy::document::Meta::parse(kind, &root, &mut origin).expect("metadata is valid");
+    let mut warnings = Vec::new();
+    (parse(&root, meta, &mut warnings), warnings)
+}

@@ -12,8 +12,7 @@ use std::time::Duration;
 use peerguard::certs::IssuedCert;
 use rand::{RngCore, SeedableRng};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -51,17 +50,7 @@ pub fn client_config(alpn: &[&str], client_cert: Option<&IssuedCert>) -> Arc<Cli
         .expect("versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer));
-    let mut config = match client_cert {
-        Some(cert) => builder
-            .with_client_auth_cert(
-                vec![cert.cert_der.clone()],
-                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("client key"),
-            )
-            .expect("client cert"),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Arc::new(config)
+    super::pki::finish_client_config(builder, alpn, client_cert)
 }
 
 /// Handshakes with `config`, sends `payload`, half-closes, and reads the reply to EOF.

@@ -127,18 +127,27 @@ impl Pki {
             .expect("protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(MeshServerVerifier(webpki)));
-        let mut config = match client_cert {
-            Some(cert) => builder
-                .with_client_auth_cert(
-                    vec![cert.cert_der.clone()],
-                    PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("client key"),
-                )
-                .expect("client cert"),
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Arc::new(config)
+        finish_client_config(builder, alpn, client_cert)
     }
+}
+
+/// Completes a client configuration: the client certificate, if any, and the ALPN list.
+pub fn finish_client_config(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    alpn: &[&str],
+    client_cert: Option<&IssuedCert>,
+) -> Arc<ClientConfig> {
+    let mut config = match client_cert {
+        Some(cert) => builder
+            .with_client_auth_cert(
+                vec![cert.cert_der.clone()],
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("client key"),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
 }
 
 impl Default for Pki {
