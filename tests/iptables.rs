@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use support::netns::{join, role, LinkEnd, Netns};
+use support::netns::{self, join, LinkEnd, Netns};
 
 const PEERGUARD: &str = env!("CARGO_BIN_EXE_peerguard");
 const INBOUND: &str = "[::]:15006";
@@ -39,21 +39,15 @@ fn peerguard_iptables(netns: &Netns, args: &[&str]) -> String {
     netns.ok(PEERGUARD, &full)
 }
 
-/// In a child started by `spawn_role`, play the role and return true; otherwise false.
+/// In a child started by `spawn_role`, play the listener or the client and return true.
 fn played_role() -> bool {
-    let Some((role, arg)) = role() else {
-        return false;
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match role.as_str() {
-        "listen" => runtime.block_on(listen_once(arg.parse().expect("a listen address"))),
-        "connect" => runtime.block_on(connect_to(arg.parse().expect("a target address"))),
-        other => panic!("unknown role {other}"),
-    }
-    true
+    netns::played_role(|role, arg| async move {
+        match role.as_str() {
+            "listen" => listen_once(arg.parse().expect("a listen address")).await,
+            "connect" => connect_to(arg.parse().expect("a target address")).await,
+            other => panic!("unknown role {other}"),
+        }
+    })
 }
 
 /// Listener role: accept one connection, and answer with its original destination and peer.

@@ -22,7 +22,7 @@ use peerguard::certs::IssuedCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
-use support::netns::{join, poll, role, LinkEnd, Netns, Process};
+use support::netns::{self, join, poll, LinkEnd, Netns, Process};
 use support::pki::{server_name, Pki, VALIDITY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -164,13 +164,9 @@ impl Pod {
             (output.status.code() != Some(7)).then_some(output)
         });
         assert!(
-            !accepted.status.success(),
-            "a direct call to the inbound port got an answer"
-        );
-        assert_eq!(
-            stdout(&accepted),
-            "",
-            "a direct call to the inbound port got bytes back"
+            !accepted.status.success() && accepted.stdout.is_empty(),
+            "a direct call to the inbound port got an answer: {}",
+            client_got(&accepted)
         );
         let record = self.record();
         assert_record(&record, INBOUND_PORT, "-", "own_port");
@@ -248,9 +244,18 @@ impl Pod {
         }
     }
 
-    /// What the app said about the next connection it served: `port=P over=HOW from=IP`.
-    fn app_saw(&mut self) -> String {
-        self.app.line_after("APP SAW ", STEP)
+    /// The app answered this call: the client got `expected`, and that is what the app says
+    /// of the next connection it served (so no connection refused earlier reached it).
+    fn assert_app_answered(&mut self, client_got: &str, expected: &str) {
+        assert!(
+            client_got.contains(expected),
+            "expected {expected:?}, the client got {client_got:?}"
+        );
+        assert_eq!(
+            self.app.line_after("APP SAW ", STEP),
+            expected,
+            "the app's next connection"
+        );
     }
 }
 
@@ -273,8 +278,14 @@ fn assert_record(record: &Value, port: u16, mode: &str, reason: &str) {
     );
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
+/// What a client process printed: stdout, then stderr (for the failure message).
+fn client_got(output: &Output) -> String {
+    format!(
+        "{}{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        output.status
+    )
 }
 
 /// The answer the app sends when reached on `port` over `over` from `from`.
@@ -297,10 +308,7 @@ fn plaintext_passes_through_a_permissive_port() {
     }
     let mut pod = Pod::start("plain", "0.0.0.0:15006", "127.0.0.1");
     let output = pod.curl(&[&format!("http://{POD_V4}:{PERMISSIVE}/")]);
-    assert!(output.status.success(), "{output:?}");
-    let expected = app_answer(PERMISSIVE, "plaintext", "127.0.0.1");
-    assert!(stdout(&output).contains(&expected), "{output:?}");
-    assert_eq!(pod.app_saw(), expected);
+    pod.assert_app_answered(&client_got(&output), &app_answer(PERMISSIVE, "plaintext", "127.0.0.1"));
     let record = pod.record();
     assert_record(&record, PERMISSIVE, "PERMISSIVE", "passthrough_plaintext");
     assert_eq!(source_ip(&record), CLIENT_V4);
@@ -318,8 +326,7 @@ fn mesh_mtls_with_istio_alpn_is_terminated_and_the_app_gets_plaintext() {
     // client certificate.
     let output = pod.openssl(PERMISSIVE, "istio", &mesh_root);
     let expected = app_answer(PERMISSIVE, "plaintext", "127.0.0.1");
-    assert!(stdout(&output).contains(&expected), "{output:?}");
-    assert_eq!(pod.app_saw(), expected);
+    pod.assert_app_answered(&client_got(&output), &expected);
     let record = pod.record();
     assert_record(&record, PERMISSIVE, "PERMISSIVE", "mtls");
     assert_eq!(record["peer"], "spiffe://cluster.local/ns/default/sa/client");
@@ -330,8 +337,7 @@ fn mesh_mtls_with_istio_alpn_is_terminated_and_the_app_gets_plaintext() {
     let answer = pod.rustls_get(&format!("{POD_V4}:{PERMISSIVE}"), &["istio"]);
     assert_eq!(answer.alpn, None);
     assert_eq!(answer.server_cert.as_ref(), Some(&pod.pki.server.cert_der));
-    assert!(answer.response.contains(&expected), "{}", answer.response);
-    assert_eq!(pod.app_saw(), expected);
+    pod.assert_app_answered(&answer.response, &expected);
     let record = pod.record();
     assert_record(&record, PERMISSIVE, "PERMISSIVE", "mtls");
     assert_eq!(record["negotiated_alpn"], "-");
@@ -349,10 +355,10 @@ fn the_apps_own_tls_passes_through_untouched() {
         &pod.app_ca.to_string_lossy(),
         &format!("https://{POD_V4}:{PERMISSIVE_APP_TLS}/"),
     ]);
-    assert!(output.status.success(), "{output:?}");
-    let expected = app_answer(PERMISSIVE_APP_TLS, "tls", "127.0.0.1");
-    assert!(stdout(&output).contains(&expected), "{output:?}");
-    assert_eq!(pod.app_saw(), expected);
+    pod.assert_app_answered(
+        &client_got(&output),
+        &app_answer(PERMISSIVE_APP_TLS, "tls", "127.0.0.1"),
+    );
     assert_record(&pod.record(), PERMISSIVE_APP_TLS, "PERMISSIVE", "passthrough_tls");
 }
 
@@ -379,9 +385,7 @@ fn disable_passes_even_mesh_mtls_through_to_the_apps_own_tls() {
     // certificate answered, peerguard stayed out of the way.
     let app_ca = pod.app_ca.clone();
     let output = pod.openssl(DISABLE, "istio-http/1.1,istio,http/1.1", &app_ca);
-    let expected = app_answer(DISABLE, "tls", "127.0.0.1");
-    assert!(stdout(&output).contains(&expected), "{output:?}");
-    assert_eq!(pod.app_saw(), expected);
+    pod.assert_app_answered(&client_got(&output), &app_answer(DISABLE, "tls", "127.0.0.1"));
     let record = pod.record();
     assert_record(&record, DISABLE, "DISABLE", "passthrough_disabled");
     assert_eq!(record["peer"], "-");
@@ -401,8 +405,7 @@ fn a_direct_call_to_the_inbound_port_never_reaches_the_app() {
 /// refused one never reached it.
 fn the_next_connection_the_app_sees_is_a_new_one(pod: &mut Pod) {
     let output = pod.curl(&[&format!("http://{POD_V4}:{PERMISSIVE}/")]);
-    assert!(output.status.success(), "{output:?}");
-    assert_eq!(pod.app_saw(), app_answer(PERMISSIVE, "plaintext", "127.0.0.1"));
+    pod.assert_app_answered(&client_got(&output), &app_answer(PERMISSIVE, "plaintext", "127.0.0.1"));
     assert_record(&pod.record(), PERMISSIVE, "PERMISSIVE", "passthrough_plaintext");
 }
 
@@ -421,10 +424,7 @@ fn app_host_original_reaches_the_app_at_the_pod_ip_over_ipv4_and_ipv6_without_lo
         (format!("http://[{POD_V6}]:{PERMISSIVE}/"), POD_V6, CLIENT_V6),
     ] {
         let output = pod.curl(&["-g", &url]);
-        assert!(output.status.success(), "{url}: {output:?}");
-        let expected = app_answer(PERMISSIVE, "plaintext", from);
-        assert!(stdout(&output).contains(&expected), "{url}: {output:?}");
-        assert_eq!(pod.app_saw(), expected);
+        pod.assert_app_answered(&client_got(&output), &app_answer(PERMISSIVE, "plaintext", from));
         let record = pod.record();
         assert_record(&record, PERMISSIVE, "PERMISSIVE", "passthrough_plaintext");
         assert_eq!(source_ip(&record), client);
@@ -443,24 +443,18 @@ fn source_ip(record: &Value) -> String {
 
 // ---- Roles: what the re-run test binary does inside a namespace ----
 
-/// In a child started by `spawn_role`, play the role and return true; otherwise false.
+/// In a child started by `spawn_role`, play the app or the relay and return true.
 fn played_role() -> bool {
-    let Some((role, arg)) = role() else {
-        return false;
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match role.as_str() {
-        "app" => runtime.block_on(app(Path::new(&arg))),
-        "relay" => {
-            let (socket, target) = arg.split_once(' ').expect("a socket path and a target");
-            runtime.block_on(relay(Path::new(socket), target.parse().expect("a target address")));
+    netns::played_role(|role, arg| async move {
+        match role.as_str() {
+            "app" => app(Path::new(&arg)).await,
+            "relay" => {
+                let (socket, target) = arg.split_once(' ').expect("a socket path and a target");
+                relay(Path::new(socket), target.parse().expect("a target address")).await;
+            }
+            other => panic!("unknown role {other}"),
         }
-        other => panic!("unknown role {other}"),
-    }
-    true
+    })
 }
 
 /// App role: on every app port, plaintext and its own TLS (the certificate in `cert_dir`, from

@@ -5,11 +5,12 @@
 //!
 //! The crate forbids unsafe code and has no setns binding, so a test that needs Rust code
 //! *inside* a namespace re-runs its own test binary under `ip netns exec` with [`ROLE_ENV`]
-//! set; that child sees [`role`] and plays the part instead of running the test.
+//! set; in that child, [`played_role`] plays the part instead of running the test.
 //!
 //! Needs root and iproute2 (CI runs as root): without them these helpers fail loudly.
 #![allow(dead_code)] // each test file uses its own subset of these helpers
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -19,11 +20,19 @@ use std::time::{Duration, Instant};
 /// Set in a child started by [`Netns::spawn_role`]: `"<role> <argument>"`.
 pub const ROLE_ENV: &str = "PEERGUARD_NETNS_ROLE";
 
-/// The role this process was started to play, as (role, argument); `None` in a normal test run.
-pub fn role() -> Option<(String, String)> {
-    let role = std::env::var(ROLE_ENV).ok()?;
+/// In a child started by [`Netns::spawn_role`], play the role (`play(role, argument)` on a
+/// tokio runtime) and return true; in a normal test run, return false at once.
+pub fn played_role<F: Future<Output = ()>>(play: impl FnOnce(String, String) -> F) -> bool {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return false;
+    };
     let (role, arg) = role.split_once(' ').expect("a role and its argument");
-    Some((role.to_owned(), arg.to_owned()))
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(play(role.to_owned(), arg.to_owned()));
+    true
 }
 
 /// A network namespace of this test run, deleted on drop.
@@ -113,7 +122,18 @@ pub struct LinkEnd<'a> {
 pub fn join(a: LinkEnd, b: LinkEnd) {
     a.netns.ok(
         "ip",
-        &["link", "add", a.link, "type", "veth", "peer", "name", b.link, "netns", &b.netns.name],
+        &[
+            "link",
+            "add",
+            a.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.link,
+            "netns",
+            &b.netns.name,
+        ],
     );
     for end in [a, b] {
         end.netns
