@@ -202,7 +202,7 @@ pub struct IptablesArgs {
     /// The port of `run --health`, never redirected: the kubelet's probes must reach it as is.
     #[arg(long, default_value = "15021")]
     pub health_port: u16,
-    /// Also write ip6tables rules.
+    /// With --apply or --clean, do the same with ip6tables (the printed script serves both).
     #[arg(long)]
     pub ipv6: bool,
 }
