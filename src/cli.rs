@@ -190,16 +190,19 @@ pub struct IptablesArgs {
     /// Inbound ports to redirect: `*` for all, or a comma list.
     #[arg(long, default_value = "*")]
     pub inbound_ports: String,
-    /// Inbound ports never redirected (peerguard's own health and admin ports always are).
+    /// Inbound ports never redirected (peerguard's own inbound, admin and health ports never are).
     #[arg(long, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
-    /// peerguard's transparent listener port.
+    /// peerguard's transparent listener port (`run --inbound`), the REDIRECT target.
     #[arg(long, default_value = "15006")]
     pub inbound_port: u16,
-    /// The uid peerguard runs as (its own traffic is never redirected).
-    #[arg(long, default_value = "1337")]
-    pub proxy_uid: u32,
-    /// Also write ip6tables rules.
+    /// The port of `run --admin`, never redirected.
+    #[arg(long, default_value = "15000")]
+    pub admin_port: u16,
+    /// The port of `run --health`, never redirected: the kubelet's probes must reach it as is.
+    #[arg(long, default_value = "15021")]
+    pub health_port: u16,
+    /// With --apply or --clean, do the same with ip6tables (the printed script serves both).
     #[arg(long)]
     pub ipv6: bool,
 }

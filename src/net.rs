@@ -3,22 +3,17 @@
 //! deadline), and how its listeners are bound. No policy, no TLS: only sockets.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Source address of upstream connections to a pod IP over IPv4. Istio's inbound passthrough
-/// uses it, and istio-iptables' `ISTIO_OUTPUT` chain returns early for it, so a connection
-/// peerguard makes to the app's pod IP is never captured again. 127/8 is local on Linux, so
-/// binding to it needs no IP_FREEBIND.
+/// uses it, and istio-iptables' `ISTIO_OUTPUT` chain returns early for it, so the app sees the
+/// source it sees behind Istio, and peerguard next to istio-style outbound capture is not looped
+/// back. 127/8 is local on Linux, so binding to it needs no IP_FREEBIND and no set-up.
 pub const UPSTREAM_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-
-/// The IPv6 twin of [`UPSTREAM_SOURCE_V4`], as Istio uses it. Unlike 127/8, `::6` is not
-/// local by default: it must be on `lo` (`ip -6 addr add ::6/128 dev lo`, which istio-iptables
-/// does in its init container), or binding to it fails with "address not available".
-pub const UPSTREAM_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 /// Listen backlog: large enough for connection bursts, and the kernel caps it at somaxconn.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -46,16 +41,21 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 
 /// The source address an upstream connection to `app` must be bound to, if any.
 ///
-/// A pod IP (anything but loopback) gets [`UPSTREAM_SOURCE_V4`] or [`UPSTREAM_SOURCE_V6`], so
-/// that istio-iptables-style OUTPUT rules let the connection through instead of looping it back
-/// to a proxy. A loopback target never passes those rules' capture, so it needs no binding.
+/// An IPv4 pod IP gets [`UPSTREAM_SOURCE_V4`]. Loopback targets and IPv6 pod IPs are not bound.
+///
+/// Why IPv6 is left unbound, unlike Istio (which binds to `::6`): `::6` is not a local address
+/// unless someone adds it to `lo` (`ip -6 addr add ::6/128 dev lo`), so binding would make every
+/// IPv6 upstream fail with "address not available" wherever that step was missed (explicit
+/// mode, a node without the init container, `iptables` run without `--ipv6`). And nothing needs
+/// it: peerguard installs no OUTPUT capture, and the nat table only sees a connection's first
+/// packet at its first nat hook. A connection peerguard opens to its own pod IP takes its NAT
+/// decision in OUTPUT (where there are no rules of ours), so when its packets come back in
+/// through `lo` the PREROUTING redirect is not consulted: no loop is possible.
+/// (`tests/transparent.rs` checks this with `--app-host original` over IPv6.)
 pub fn upstream_source(app: IpAddr) -> Option<IpAddr> {
     match app {
-        IpAddr::V4(ip) if ip.is_loopback() => None,
-        IpAddr::V6(ip) if ip.is_loopback() => None,
-        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()) => None,
-        IpAddr::V4(_) => Some(IpAddr::V4(UPSTREAM_SOURCE_V4)),
-        IpAddr::V6(_) => Some(IpAddr::V6(UPSTREAM_SOURCE_V6)),
+        IpAddr::V4(ip) if !ip.is_loopback() => Some(IpAddr::V4(UPSTREAM_SOURCE_V4)),
+        IpAddr::V4(_) | IpAddr::V6(_) => None,
     }
 }
 
@@ -110,20 +110,23 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     const LOOPBACK_ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
     #[test]
-    fn pod_ips_are_reached_from_the_passthrough_source() {
+    fn ipv4_pod_ips_are_reached_from_the_passthrough_source() {
         assert_eq!(
             upstream_source("10.1.2.3".parse().unwrap()),
             Some("127.0.0.6".parse().unwrap())
         );
-        assert_eq!(
-            upstream_source("fd00::5".parse().unwrap()),
-            Some("::6".parse().unwrap())
-        );
+    }
+
+    #[test]
+    fn ipv6_pod_ips_are_reached_unbound_as_no_address_needs_adding() {
+        assert_eq!(upstream_source("fd00::5".parse().unwrap()), None);
     }
 
     #[test]
@@ -149,7 +152,7 @@ mod tests {
     async fn a_source_of_the_other_family_is_refused() {
         let err = connect_upstream(
             LOOPBACK_ANY_PORT,
-            Some(IpAddr::V6(UPSTREAM_SOURCE_V6)),
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
             Duration::from_secs(1),
         )
         .await

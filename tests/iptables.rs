@@ -4,158 +4,57 @@
 //!
 //! Needs root and iproute2/iptables (CI runs as root): without them these tests fail loudly.
 //!
-//! The redirect tests need a listener and a client *inside* namespaces. The crate forbids
-//! unsafe code and has no setns binding, so the test binary re-runs itself under
-//! `ip netns exec` with `PEERGUARD_NETNS_ROLE` set, and that child plays the listener (which
-//! asks `peerguard::net::original_dst`) or the client.
+//! The redirect tests need a listener and a client *inside* namespaces: the test binary re-runs
+//! itself there (see `support::netns`) to play the listener (which asks
+//! `peerguard::net::original_dst`) or the client.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use support::netns::{self, join, LinkEnd, Netns};
+
 const PEERGUARD: &str = env!("CARGO_BIN_EXE_peerguard");
-const ROLE_ENV: &str = "PEERGUARD_NETNS_ROLE";
 const INBOUND: &str = "[::]:15006";
+/// How long a role may take to get ready or to answer.
+const STEP: Duration = Duration::from_secs(20);
 
-/// A network namespace of this test run, deleted on drop (even when the test fails).
-struct Netns {
-    name: String,
+/// The nat table's rules, without iptables-save's timestamped comments.
+fn nat(netns: &Netns, save: &str) -> String {
+    netns
+        .ok(save, &["-t", "nat"])
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("pg-{tag}-{}", std::process::id());
-        let output = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("`ip` (iproute2) must be installed: apt-get install iproute2");
-        assert!(
-            output.status.success(),
-            "`ip netns add {name}` failed; these tests need root: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let netns = Self { name };
-        netns.ok("ip", &["link", "set", "lo", "up"]);
-        netns
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .expect("`ip netns exec` must run")
-    }
-
-    /// Run in the namespace; fail the test with the command's stderr unless it succeeds.
-    fn ok(&self, program: &str, args: &[&str]) -> String {
-        let output = self.exec(program, args);
-        assert!(
-            output.status.success(),
-            "`{program} {}` in {} failed: {}",
-            args.join(" "),
-            self.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// The nat table's rules, without iptables-save's timestamped comments.
-    fn nat(&self, save: &str) -> String {
-        self.ok(save, &["-t", "nat"])
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .map(|line| format!("{line}\n"))
-            .collect()
-    }
-
-    fn peerguard(&self, args: &[&str]) -> String {
-        let mut full = vec!["iptables"];
-        full.extend_from_slice(args);
-        self.ok(PEERGUARD, &full)
-    }
-
-    /// Start this test binary again inside the namespace, running `test` in `role`.
-    fn spawn_role(&self, test: &str, role: &str, arg: &str) -> ChildGuard {
-        let exe = std::env::current_exe().expect("the test binary knows its path");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, format!("{role} {arg}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the test binary can run itself");
-        ChildGuard(child)
-    }
+/// `peerguard iptables ARGS` in the namespace, which must succeed.
+fn peerguard_iptables(netns: &Netns, args: &[&str]) -> String {
+    let mut full = vec!["iptables"];
+    full.extend_from_slice(args);
+    netns.ok(PEERGUARD, &full)
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-/// A child process this test started; killed by its own handle on drop if still running.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    /// Wait for a line that holds `prefix` on the child's stdout and return the rest.
-    fn line_after(&mut self, prefix: &str) -> String {
-        let stdout = self.0.stdout.as_mut().expect("stdout is piped");
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let read = reader.read_line(&mut line).expect("the child's stdout is readable");
-            assert!(read > 0, "the child ended before printing `{prefix}`");
-            // libtest prints `test NAME ... ` before the test's own output, on the same line.
-            if let Some(start) = line.find(prefix) {
-                return line[start + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn finished_ok(mut self) {
-        let status = self.0.wait().expect("the child can be waited for");
-        assert!(status.success(), "the child failed: {status}");
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// In a child started by `spawn_role`, play the role and return true; otherwise false.
+/// In a child started by `spawn_role`, play the listener or the client and return true.
 fn played_role() -> bool {
-    let Ok(role) = std::env::var(ROLE_ENV) else {
-        return false;
-    };
-    let (role, arg) = role.split_once(' ').expect("role and argument");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match role {
-        "listen" => runtime.block_on(listen_once(arg.parse().expect("a listen address"))),
-        "connect" => runtime.block_on(connect_to(arg.parse().expect("a target address"))),
-        other => panic!("unknown role {other}"),
-    }
-    true
+    netns::played_role(|role, arg| async move {
+        match role.as_str() {
+            "listen" => listen_once(arg.parse().expect("a listen address")).await,
+            "connect" => connect_to(arg.parse().expect("a target address")).await,
+            other => panic!("unknown role {other}"),
+        }
+    })
 }
 
 /// Listener role: accept one connection, and answer with its original destination and peer.
 async fn listen_once(addr: SocketAddr) {
     let listener = peerguard::net::bind_listener(addr).expect("bind the inbound listener");
     println!("READY");
-    let (mut stream, peer) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+    let (mut stream, peer) = tokio::time::timeout(STEP, listener.accept())
         .await
         .expect("a connection arrives in time")
         .expect("accept");
@@ -181,8 +80,7 @@ async fn connect_to(target: SocketAddr) {
     std::io::stdout().flush().expect("flush");
 }
 
-/// A server namespace with the capture applied and a client namespace, joined by a veth pair
-/// whose addresses exist only inside them.
+/// A server namespace with the capture applied and a client namespace, joined by a veth pair.
 struct Pod {
     server: Netns,
     client: Netns,
@@ -197,40 +95,29 @@ impl Pod {
     fn new(tag: &str) -> Self {
         let server = Netns::new(&format!("{tag}s"));
         let client = Netns::new(&format!("{tag}c"));
-        server.ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                "pg0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "pg1",
-                "netns",
-                &client.name,
-            ],
+        join(
+            LinkEnd {
+                netns: &server,
+                link: "pg0",
+                v4: SERVER_V4,
+                v6: SERVER_V6,
+            },
+            LinkEnd {
+                netns: &client,
+                link: "pg1",
+                v4: CLIENT_V4,
+                v6: CLIENT_V6,
+            },
         );
-        for (netns, link, v4, v6) in [
-            (&server, "pg0", SERVER_V4, SERVER_V6),
-            (&client, "pg1", CLIENT_V4, CLIENT_V6),
-        ] {
-            netns.ok("ip", &["addr", "add", &format!("{v4}/24"), "dev", link]);
-            netns.ok("ip", &["-6", "addr", "add", &format!("{v6}/64"), "dev", link, "nodad"]);
-            netns.ok("ip", &["link", "set", link, "up"]);
-        }
-        server.peerguard(&["--apply", "--ipv6"]);
+        peerguard_iptables(&server, &["--apply", "--ipv6"]);
         Self { server, client }
     }
 
     /// Connect from the client namespace to `target`; the listener answers on 15006.
     fn connect(&self, test: &str, target: &str) -> String {
         let mut listener = self.server.spawn_role(test, "listen", INBOUND);
-        listener.line_after("READY");
-        let mut client = self.client.spawn_role(test, "connect", target);
-        let answer = client.line_after("ANSWER ");
-        client.finished_ok();
+        listener.line_after("READY", STEP);
+        let answer = self.connect_unanswered(test, target);
         listener.finished_ok();
         answer
     }
@@ -238,7 +125,7 @@ impl Pod {
     /// Connect from the client namespace to `target`, where nothing may answer.
     fn connect_unanswered(&self, test: &str, target: &str) -> String {
         let mut client = self.client.spawn_role(test, "connect", target);
-        let answer = client.line_after("ANSWER ");
+        let answer = client.line_after("ANSWER ", STEP);
         client.finished_ok();
         answer
     }
@@ -268,11 +155,11 @@ fn applying_twice_gives_the_same_rules_and_clean_restores_the_original() {
         ],
     );
     for save in ["iptables-save", "ip6tables-save"] {
-        let original = netns.nat(save);
-        netns.peerguard(&["--apply", "--ipv6"]);
-        let applied = netns.nat(save);
-        netns.peerguard(&["--apply", "--ipv6"]);
-        assert_eq!(netns.nat(save), applied, "{save}: a second apply changed the rules");
+        let original = nat(&netns, save);
+        peerguard_iptables(&netns, &["--apply", "--ipv6"]);
+        let applied = nat(&netns, save);
+        peerguard_iptables(&netns, &["--apply", "--ipv6"]);
+        assert_eq!(nat(&netns, save), applied, "{save}: a second apply changed the rules");
         for rule in [
             ":ISTIO_INBOUND - [0:0]",
             ":ISTIO_IN_REDIRECT - [0:0]",
@@ -287,10 +174,14 @@ fn applying_twice_gives_the_same_rules_and_clean_restores_the_original() {
                 "{save}: `{rule}` in\n{applied}"
             );
         }
-        netns.peerguard(&["--clean", "--ipv6"]);
-        assert_eq!(netns.nat(save), original, "{save}: clean did not restore the original");
+        peerguard_iptables(&netns, &["--clean", "--ipv6"]);
+        assert_eq!(
+            nat(&netns, save),
+            original,
+            "{save}: clean did not restore the original"
+        );
     }
-    assert!(netns.nat("iptables-save").contains("-j OTHER"));
+    assert!(nat(&netns, "iptables-save").contains("-j OTHER"));
 }
 
 #[test]
@@ -299,9 +190,11 @@ fn listed_ports_each_get_one_jump_and_nothing_else_is_captured() {
         return;
     }
     let netns = Netns::new("list");
-    netns.peerguard(&["--apply", "--inbound-ports", "80,443", "--exclude-inbound-ports", "22"]);
-    let inbound: Vec<String> = netns
-        .nat("iptables-save")
+    peerguard_iptables(
+        &netns,
+        &["--apply", "--inbound-ports", "80,443", "--exclude-inbound-ports", "22"],
+    );
+    let inbound: Vec<String> = nat(&netns, "iptables-save")
         .lines()
         .filter(|line| line.starts_with("-A ISTIO_INBOUND"))
         .map(str::to_owned)
@@ -321,12 +214,12 @@ fn bad_ports_are_refused_before_anything_is_applied() {
         return;
     }
     let netns = Netns::new("bad");
-    let before = netns.nat("iptables-save");
+    let before = nat(&netns, "iptables-save");
     let output = netns.exec(PEERGUARD, &["iptables", "--apply", "--inbound-ports", "80,http"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`http` is not a port"), "{stderr}");
-    assert_eq!(netns.nat("iptables-save"), before);
+    assert_eq!(nat(&netns, "iptables-save"), before);
 }
 
 #[test]

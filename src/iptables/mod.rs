@@ -3,8 +3,8 @@
 //! and `--clean` removes exactly what it added, both through `iptables-save` /
 //! `iptables-restore --noflush` (and the ip6tables twins with `--ipv6`).
 //!
-//! `--proxy-uid` is accepted for istio-iptables compatibility but not used: it only matters to
-//! outbound capture (`ISTIO_OUTPUT`), which peerguard does not install (see `rules`).
+//! There is no `--proxy-uid`: istio-iptables needs it only for outbound capture
+//! (`ISTIO_OUTPUT`), which peerguard does not install (see `rules`).
 
 mod exec;
 mod rules;

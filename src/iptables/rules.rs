@@ -23,11 +23,6 @@ const REDIRECT_CHAIN: &str = "ISTIO_IN_REDIRECT";
 /// Our one rule outside our own chains, exactly as `iptables-save` prints it.
 const PREROUTING_JUMP: &str = "-A PREROUTING -p tcp -j ISTIO_INBOUND";
 
-/// peerguard's health port (`run --health` default): the kubelet's probes must reach it directly.
-const HEALTH_PORT: u16 = 15021;
-/// peerguard's admin port (`run --admin` default): never proxied.
-const ADMIN_PORT: u16 = 15000;
-
 /// Bad port arguments.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortsError {
@@ -57,12 +52,12 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Validate the command line. peerguard's own ports (inbound, health, admin) are always
-    /// excluded with `*`: redirecting the inbound port to itself would make peerguard refuse
-    /// every direct connection as `own_port`, and the health probe must reach 15021 as is.
+    /// Validate the command line. peerguard's own ports (inbound, admin, health) are always
+    /// excluded with `*`: redirecting them would make peerguard refuse every connection to them
+    /// as `own_port`, and the kubelet's health probe must reach `--health-port` as is.
     pub fn from_args(args: &IptablesArgs) -> Result<Self, PortsError> {
         let inbound_port = nonzero(args.inbound_port)?;
-        let own = [inbound_port, HEALTH_PORT, ADMIN_PORT];
+        let own = [inbound_port, nonzero(args.admin_port)?, nonzero(args.health_port)?];
         let mut excluded = BTreeSet::from(own);
         for &port in &args.exclude_inbound_ports {
             excluded.insert(nonzero(port)?);
@@ -196,7 +191,8 @@ mod tests {
             inbound_ports: inbound_ports.to_owned(),
             exclude_inbound_ports: exclude.to_vec(),
             inbound_port: 15006,
-            proxy_uid: 1337,
+            admin_port: 15000,
+            health_port: 15021,
             ipv6: false,
         }
     }
@@ -247,6 +243,22 @@ mod tests {
         let rules = rules(&Capture::from_args(&moved).unwrap());
         assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 16006 -j RETURN".to_owned()));
         assert!(rules.contains(&"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006".to_owned()));
+    }
+
+    #[test]
+    fn moved_admin_and_health_ports_are_the_ones_excluded() {
+        let mut moved = args("*", &[]);
+        moved.admin_port = 16000;
+        moved.health_port = 16021;
+        let rules = rules(&Capture::from_args(&moved).unwrap());
+        for port in [16000, 16021] {
+            assert!(rules.contains(&format!("-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN")));
+        }
+        assert!(!rules
+            .iter()
+            .any(|rule| rule.contains("15000") || rule.contains("15021")));
+        moved.inbound_ports = "80,16021".into();
+        assert_eq!(Capture::from_args(&moved), Err(PortsError::OwnPort(16021)));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 pub mod app;
 pub mod clients;
+pub mod netns;
 pub mod pki;
 pub mod proxy;
