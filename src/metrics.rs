@@ -145,11 +145,7 @@ impl Metrics {
             connections.clone(),
         );
         let active_connections = Gauge::default();
-        registry.register(
-            "active_connections",
-            "Connections open now",
-            active_connections.clone(),
-        );
+        registry.register("active_connections", "Connections open now", active_connections.clone());
         let bytes = Family::<DirectionLabels, Counter>::default();
         registry.register_with_unit(
             "transferred",
@@ -243,7 +239,8 @@ impl Metrics {
 
     /// The policy generation in force, set at start and by every successful reload.
     pub fn policy_in_force(&self, generation: u64) {
-        self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     pub fn policy_reloaded(&self, generation: u64) {

@@ -44,7 +44,9 @@ pub fn load_tls(source: &CertSource, trust_domain: &str, generation: u64) -> Res
 /// The files a certificate source reads.
 fn certificate_files(source: &CertSource) -> Vec<PathBuf> {
     match source {
-        CertSource::Dir(dir) => [CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE].map(|f| dir.join(f)).to_vec(),
+        CertSource::Dir(dir) => [CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE]
+            .map(|f| dir.join(f))
+            .to_vec(),
         CertSource::Files { cert, key, ca } => vec![cert.clone(), key.clone(), ca.clone()],
     }
 }

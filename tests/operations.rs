@@ -3,9 +3,9 @@
 //! connection cap. Real sockets on 127.0.0.1, real TLS, the proxy in-process via `app::start`
 //! or as the real binary where signals matter.
 
-mod support;
 #[path = "operations/harness.rs"]
 mod harness;
+mod support;
 
 use std::time::Duration;
 
@@ -55,14 +55,21 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
     let pki = Pki::new();
     let app = echo_app().await;
     let dir = TestDir::new("ops-ready");
-    let short_lived = pki.mesh.issue_workload(&mesh_id("server"), Duration::from_secs(2)).unwrap();
+    let short_lived = pki
+        .mesh
+        .issue_workload(&mesh_id("server"), Duration::from_secs(2))
+        .unwrap();
     let mut certs = KubeMount::certificates(&dir.path().join("certs"), &short_lived);
     let cert_dir = certs.path().display().to_string();
     let listen = listen_to(app);
     let running = start(&["--cert-dir", &cert_dir, "--listen", &listen]).await;
     let health = running.health;
 
-    assert_eq!(readiness(health).await.0, 200, "ready once listening with a valid certificate");
+    assert_eq!(
+        readiness(health).await.0,
+        200,
+        "ready once listening with a valid certificate"
+    );
 
     let body = eventually("the certificate to expire", || async {
         let (status, body) = readiness(health).await;
@@ -154,7 +161,10 @@ async fn a_broken_policy_file_keeps_the_last_good_policy_and_counts_the_failure(
     assert!(echoes(&mut plaintext, b"traffic as before").await);
     let scrape = get(running.admin, "/stats/prometheus").await.unwrap().body;
     assert_eq!(sample(&scrape, "peerguard_policy_generation"), Some(1.0));
-    assert_eq!(sample(&scrape, "peerguard_policy_reloads_total{result=\"ok\"}"), Some(0.0));
+    assert_eq!(
+        sample(&scrape, "peerguard_policy_reloads_total{result=\"ok\"}"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

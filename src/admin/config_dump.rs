@@ -114,7 +114,10 @@ impl<'a> ConfigDump<'a> {
                 generation: policy.generation,
                 source_files: &policy.files,
                 loaded_at_unix: unix_seconds(policy.loaded_at),
-                ports: ports.into_iter().map(|p| PortView::new(Some(p), policy.port(p))).collect(),
+                ports: ports
+                    .into_iter()
+                    .map(|p| PortView::new(Some(p), policy.port(p)))
+                    .collect(),
                 other_ports: PortView::new(None, other),
             },
             certificate: CertificateView {

@@ -75,11 +75,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     let raw = tokio::time::timeout(DEADLINE, exchange).await??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     Ok(Answer {
         status,
         body: body.to_string(),
@@ -252,7 +248,14 @@ pub struct Binary {
 impl Binary {
     /// Starts it with free ports and waits until it says where it serves.
     pub async fn start(args: &[&str]) -> Binary {
-        let mut line = run_line(&["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0", "--log-format", "json"]);
+        let mut line = run_line(&[
+            "--admin",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]);
         line.extend(args.iter().map(|a| a.to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerguard"))
             .args(&line[1..])
