@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -29,6 +30,8 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error("certificates: {0}")]
     Certificates(#[from] TlsLoadError),
+    #[error("cannot watch SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -211,6 +214,8 @@ impl Running {
 /// during the drain ends it at once.
 pub async fn run(config: Config, workload: Workload) -> Result<(), StartError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), workload = ?workload, "starting");
+    // Before anything says "serving": a SIGTERM from then on must drain, not kill.
+    let mut stop = StopSignals::install().map_err(StartError::Signals)?;
     let running = start(&config, workload).await?;
     if let Some(inbound) = running.inbound {
         tracing::info!(listen = %inbound, "transparent listener bound");
@@ -219,25 +224,33 @@ pub async fn run(config: Config, workload: Workload) -> Result<(), StartError> {
         tracing::info!(listen = %listen, app = %spec.app, "explicit listener bound");
     }
     tracing::info!(admin = %running.admin, health = %running.health, "serving");
-    wait_for_stop_signal().await;
+    stop.next().await;
     tracing::info!(drain_timeout = ?config.drain_timeout, "draining");
     tokio::select! {
         left = running.drain(config.drain_timeout) => tracing::info!(left_open = left, "drained"),
-        _ = wait_for_stop_signal() => tracing::warn!("second signal: exiting without waiting"),
+        () = stop.next() => tracing::warn!("second signal: exiting without waiting"),
     }
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT (Ctrl-C), either of which stops the proxy.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
 }

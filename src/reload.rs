@@ -8,12 +8,14 @@
 //! its precise error and counted; it is not retried until the files change again.
 
 use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::app::{load_credentials, load_policy};
@@ -159,12 +161,17 @@ impl Reloader {
         }
     }
 
-    /// Polls the files and listens for SIGHUP until `shutdown` turns true.
-    pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = signal(SignalKind::hangup())
+    /// Polls the files and listens for SIGHUP until `shutdown` turns true. Installs the SIGHUP
+    /// handler before returning the task, so that a SIGHUP as soon as the proxy says it serves
+    /// reloads rather than kills it (the default action).
+    pub fn watch(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+        let hangup = signal(SignalKind::hangup())
             .inspect_err(|e| tracing::warn!(error = %e, "cannot watch SIGHUP; reloads follow file changes only"))
             .ok();
+        self.poll_and_listen(hangup, shutdown)
+    }
+
+    async fn poll_and_listen(self: Arc<Self>, mut hangup: Option<Signal>, mut shutdown: watch::Receiver<bool>) {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -186,7 +193,7 @@ impl Reloader {
 }
 
 /// The next delivery of `signal`; never, when it could not be installed or has ended.
-async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+async fn next_signal(signal: &mut Option<Signal>) {
     if let Some(s) = signal {
         if s.recv().await.is_some() {
             return;

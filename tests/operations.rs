@@ -45,9 +45,47 @@ fn listen_to(app: std::net::SocketAddr) -> String {
     format!("127.0.0.1:0={app}")
 }
 
-async fn readiness(health: std::net::SocketAddr) -> (u16, String) {
-    let answer = get(health, "/healthz/ready").await.expect("GET /healthz/ready");
-    (answer.status, answer.body)
+/// What most tests start from: a PKI, an echo app, a scratch directory, and the proxy's
+/// arguments for them.
+struct Setup {
+    pki: Pki,
+    app: std::net::SocketAddr,
+    dir: TestDir,
+    /// `--cert-dir` with the server's certificates.
+    cert_dir: String,
+    /// `--listen` to the echo app.
+    listen: String,
+}
+
+impl Setup {
+    async fn new(label: &str) -> Self {
+        let pki = Pki::new();
+        let app = echo_app().await;
+        let cert_dir = pki.write("server", &pki.server).display().to_string();
+        Setup {
+            pki,
+            app,
+            dir: TestDir::new(label),
+            cert_dir,
+            listen: listen_to(app),
+        }
+    }
+
+    /// Writes `yaml` as the policy file and returns its path.
+    fn write_policy(&self, yaml: &str) -> std::path::PathBuf {
+        let file = self.dir.path().join("policy.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        file
+    }
+}
+
+/// Polls the readiness probe until it answers `status`; returns the body that came with it.
+async fn readiness_becomes(health: std::net::SocketAddr, status: u16) -> String {
+    eventually(&format!("readiness to answer {status}"), || async {
+        let answer = get(health, "/healthz/ready").await.ok()?;
+        (answer.status == status).then_some(answer.body)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -65,34 +103,19 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
     let running = start(&["--cert-dir", &cert_dir, "--listen", &listen]).await;
     let health = running.health;
 
-    assert_eq!(
-        readiness(health).await.0,
-        200,
-        "ready once listening with a valid certificate"
-    );
+    readiness_becomes(health, 200).await;
 
-    let body = eventually("the certificate to expire", || async {
-        let (status, body) = readiness(health).await;
-        (status == 503).then_some(body)
-    })
-    .await;
+    let body = readiness_becomes(health, 503).await;
     assert!(body.contains("expired"), "the 503 says why: {body}");
 
     certs.update_certificates(&pki.server);
-    eventually("the rotated certificate to make the proxy ready", || async {
-        (readiness(health).await.0 == 200).then_some(())
-    })
-    .await;
+    readiness_becomes(health, 200).await;
 
     // An open connection keeps the drain going while the probe is asked.
     let mut open = TcpStream::connect(running.explicit[0]).await.unwrap();
     assert!(echoes(&mut open, b"in flight").await);
     let drain = tokio::spawn(running.drain(Duration::from_secs(30)));
-    let body = eventually("readiness to fail during the drain", || async {
-        let (status, body) = readiness(health).await;
-        (status == 503).then_some(body)
-    })
-    .await;
+    let body = readiness_becomes(health, 503).await;
     assert!(body.contains("draining"), "{body}");
     open.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -102,16 +125,14 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
 
 #[tokio::test]
 async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spares_open_connections() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let dir = TestDir::new("ops-strict");
+    let setup = Setup::new("ops-strict").await;
+    let (app, cert_dir, listen) = (setup.app, &setup.cert_dir, &setup.listen);
     let mut policy = KubeMount::new(
-        &dir.path().join("policy"),
+        &setup.dir.path().join("policy"),
         &[("policy.yaml", &namespace_policy("PERMISSIVE"))],
     );
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let (policy_dir, listen) = (policy.path().display().to_string(), listen_to(app));
-    let running = start(&["--policy", &policy_dir, "--cert-dir", &cert_dir, "--listen", &listen]).await;
+    let policy_dir = policy.path().display().to_string();
+    let running = start(&["--policy", &policy_dir, "--cert-dir", cert_dir, "--listen", listen]).await;
     let proxy = running.explicit[0];
 
     let dump = config_dump(running.admin).await;
@@ -142,14 +163,18 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
 
 #[tokio::test]
 async fn a_broken_policy_file_keeps_the_last_good_policy_and_counts_the_failure() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let dir = TestDir::new("ops-broken");
-    let policy_file = dir.path().join("policy.yaml");
-    std::fs::write(&policy_file, namespace_policy("PERMISSIVE")).unwrap();
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let (policy_path, listen) = (policy_file.display().to_string(), listen_to(app));
-    let running = start(&["--policy", &policy_path, "--cert-dir", &cert_dir, "--listen", &listen]).await;
+    let setup = Setup::new("ops-broken").await;
+    let policy_file = setup.write_policy(&namespace_policy("PERMISSIVE"));
+    let policy = policy_file.display().to_string();
+    let running = start(&[
+        "--policy",
+        &policy,
+        "--cert-dir",
+        &setup.cert_dir,
+        "--listen",
+        &setup.listen,
+    ])
+    .await;
 
     std::fs::write(&policy_file, namespace_policy("strict")).unwrap();
     metric_reaches(running.admin, "peerguard_policy_reloads_total{result=\"failed\"}", 1.0).await;
@@ -275,11 +300,16 @@ async fn metrics_count_a_mixed_run_by_reason() {
 
 #[tokio::test]
 async fn accepting_pauses_at_the_connection_cap_and_resumes() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let listen = listen_to(app);
-    let running = start(&["--cert-dir", &cert_dir, "--listen", &listen, "--max-connections", "2"]).await;
+    let setup = Setup::new("ops-cap").await;
+    let running = start(&[
+        "--cert-dir",
+        &setup.cert_dir,
+        "--listen",
+        &setup.listen,
+        "--max-connections",
+        "2",
+    ])
+    .await;
     let proxy = running.explicit[0];
 
     let mut first = TcpStream::connect(proxy).await.unwrap();
@@ -307,19 +337,23 @@ async fn accepting_pauses_at_the_connection_cap_and_resumes() {
 
 #[tokio::test]
 async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let listen = listen_to(app);
-    let mut proxy = Binary::start(&["--cert-dir", &cert_dir, "--listen", &listen, "--drain-timeout", "30s"]).await;
+    let setup = Setup::new("ops-drain").await;
+    let mut proxy = Binary::start(&[
+        "--cert-dir",
+        &setup.cert_dir,
+        "--listen",
+        &setup.listen,
+        "--drain-timeout",
+        "30s",
+    ])
+    .await;
     let address = proxy.listen[0];
     let mut transfer = TcpStream::connect(address).await.unwrap();
     assert!(echoes(&mut transfer, b"first half").await);
 
     proxy.signal("TERM");
-    proxy.log_line("draining").await;
-    let (status, body) = readiness(proxy.health).await;
-    assert_eq!(status, 503, "{body}");
+    let body = readiness_becomes(proxy.health, 503).await;
+    assert!(body.contains("draining"), "{body}");
     eventually("the listener to close", || async {
         TcpStream::connect(address).await.is_err().then_some(())
     })
@@ -335,14 +369,20 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
 
 #[tokio::test]
 async fn sighup_reloads_policy_and_certificates() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let dir = TestDir::new("ops-sighup");
-    let policy_file = dir.path().join("policy.yaml");
-    std::fs::write(&policy_file, namespace_policy("PERMISSIVE")).unwrap();
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let (policy_path, listen) = (policy_file.display().to_string(), listen_to(app));
-    let proxy = Binary::start(&["--policy", &policy_path, "--cert-dir", &cert_dir, "--listen", &listen]).await;
+    let setup = Setup::new("ops-sighup").await;
+    let policy = setup
+        .write_policy(&namespace_policy("PERMISSIVE"))
+        .display()
+        .to_string();
+    let proxy = Binary::start(&[
+        "--policy",
+        &policy,
+        "--cert-dir",
+        &setup.cert_dir,
+        "--listen",
+        &setup.listen,
+    ])
+    .await;
 
     proxy.signal("HUP");
     eventually("SIGHUP to reload both, unchanged files included", || async {
@@ -354,10 +394,13 @@ async fn sighup_reloads_policy_and_certificates() {
 
 #[tokio::test]
 async fn the_json_access_log_has_every_field_of_a_connection() {
-    let pki = Pki::new();
-    let app = echo_app().await;
-    let cert_dir = pki.write("server", &pki.server).display().to_string();
-    let listen = listen_to(app);
+    let Setup {
+        pki,
+        app,
+        cert_dir,
+        listen,
+        ..
+    } = Setup::new("ops-log").await;
     let mut proxy = Binary::start(&["--cert-dir", &cert_dir, "--listen", &listen]).await;
     let mut tls = mesh_handshake(&pki, proxy.listen[0], &pki.mesh_client()).await.unwrap();
     tls.write_all(b"ping").await.unwrap();
