@@ -95,7 +95,7 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
     let dir = TestDir::new("ops-ready");
     let short_lived = pki
         .mesh
-        .issue_workload(&mesh_id("server"), Duration::from_secs(2))
+        .issue_workload(&mesh_id("server"), Duration::from_secs(3))
         .unwrap();
     let mut certs = KubeMount::certificates(&dir.path().join("certs"), &short_lived);
     let cert_dir = certs.path().display().to_string();
