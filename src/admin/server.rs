@@ -75,7 +75,7 @@ pub async fn serve(listener: TcpListener, routes: Routes, mut shutdown: watch::R
 
 fn answer(routes: &Routes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n".into());
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n".into());
     }
     routes(request.uri().path())
 }
