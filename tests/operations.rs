@@ -71,6 +71,13 @@ impl Setup {
         }
     }
 
+    /// `--cert-dir` and `--listen` for this setup, then `more`.
+    fn args(&self, more: &[&str]) -> Vec<String> {
+        let mut args = vec!["--cert-dir", &self.cert_dir, "--listen", &self.listen];
+        args.extend(more);
+        args.into_iter().map(String::from).collect()
+    }
+
     /// Writes `yaml` as the policy file and returns its path.
     fn write_policy(&self, yaml: &str) -> std::path::PathBuf {
         let file = self.dir.path().join("policy.yaml");
@@ -126,13 +133,13 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
 #[tokio::test]
 async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spares_open_connections() {
     let setup = Setup::new("ops-strict").await;
-    let (app, cert_dir, listen) = (setup.app, &setup.cert_dir, &setup.listen);
+    let app = setup.app;
     let mut policy = KubeMount::new(
         &setup.dir.path().join("policy"),
         &[("policy.yaml", &namespace_policy("PERMISSIVE"))],
     );
     let policy_dir = policy.path().display().to_string();
-    let running = start(&["--policy", &policy_dir, "--cert-dir", cert_dir, "--listen", listen]).await;
+    let running = start(&setup.args(&["--policy", &policy_dir])).await;
     let proxy = running.explicit[0];
 
     let dump = config_dump(running.admin).await;
@@ -166,15 +173,7 @@ async fn a_broken_policy_file_keeps_the_last_good_policy_and_counts_the_failure(
     let setup = Setup::new("ops-broken").await;
     let policy_file = setup.write_policy(&namespace_policy("PERMISSIVE"));
     let policy = policy_file.display().to_string();
-    let running = start(&[
-        "--policy",
-        &policy,
-        "--cert-dir",
-        &setup.cert_dir,
-        "--listen",
-        &setup.listen,
-    ])
-    .await;
+    let running = start(&setup.args(&["--policy", &policy])).await;
 
     std::fs::write(&policy_file, namespace_policy("strict")).unwrap();
     metric_reaches(running.admin, "peerguard_policy_reloads_total{result=\"failed\"}", 1.0).await;
@@ -301,15 +300,7 @@ async fn metrics_count_a_mixed_run_by_reason() {
 #[tokio::test]
 async fn accepting_pauses_at_the_connection_cap_and_resumes() {
     let setup = Setup::new("ops-cap").await;
-    let running = start(&[
-        "--cert-dir",
-        &setup.cert_dir,
-        "--listen",
-        &setup.listen,
-        "--max-connections",
-        "2",
-    ])
-    .await;
+    let running = start(&setup.args(&["--max-connections", "2"])).await;
     let proxy = running.explicit[0];
 
     let mut first = TcpStream::connect(proxy).await.unwrap();
@@ -338,15 +329,7 @@ async fn accepting_pauses_at_the_connection_cap_and_resumes() {
 #[tokio::test]
 async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
     let setup = Setup::new("ops-drain").await;
-    let mut proxy = Binary::start(&[
-        "--cert-dir",
-        &setup.cert_dir,
-        "--listen",
-        &setup.listen,
-        "--drain-timeout",
-        "30s",
-    ])
-    .await;
+    let mut proxy = Binary::start(&setup.args(&["--drain-timeout", "30s"])).await;
     let address = proxy.listen[0];
     let mut transfer = TcpStream::connect(address).await.unwrap();
     assert!(echoes(&mut transfer, b"first half").await);
@@ -374,15 +357,7 @@ async fn sighup_reloads_policy_and_certificates() {
         .write_policy(&namespace_policy("PERMISSIVE"))
         .display()
         .to_string();
-    let proxy = Binary::start(&[
-        "--policy",
-        &policy,
-        "--cert-dir",
-        &setup.cert_dir,
-        "--listen",
-        &setup.listen,
-    ])
-    .await;
+    let proxy = Binary::start(&setup.args(&["--policy", &policy])).await;
 
     proxy.signal("HUP");
     eventually("SIGHUP to reload both, unchanged files included", || async {
@@ -394,15 +369,10 @@ async fn sighup_reloads_policy_and_certificates() {
 
 #[tokio::test]
 async fn the_json_access_log_has_every_field_of_a_connection() {
-    let Setup {
-        pki,
-        app,
-        cert_dir,
-        listen,
-        ..
-    } = Setup::new("ops-log").await;
-    let mut proxy = Binary::start(&["--cert-dir", &cert_dir, "--listen", &listen]).await;
-    let mut tls = mesh_handshake(&pki, proxy.listen[0], &pki.mesh_client()).await.unwrap();
+    let setup = Setup::new("ops-log").await;
+    let (pki, app) = (&setup.pki, setup.app);
+    let mut proxy = Binary::start(&setup.args(&[])).await;
+    let mut tls = mesh_handshake(pki, proxy.listen[0], &pki.mesh_client()).await.unwrap();
     tls.write_all(b"ping").await.unwrap();
     let mut pong = [0u8; 4];
     tls.read_exact(&mut pong).await.unwrap();

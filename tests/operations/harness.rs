@@ -128,9 +128,9 @@ fn run_line(args: &[&str]) -> Vec<String> {
 }
 
 /// Starts the proxy in this process; admin and health on free ports.
-pub async fn start(args: &[&str]) -> Running {
+pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
     let mut line = run_line(&["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
-    line.extend(args.iter().map(|a| a.to_string()));
+    line.extend(args.iter().map(|a| a.as_ref().to_string()));
     let peerguard::cli::Command::Run(run) = <peerguard::cli::Cli as clap::Parser>::try_parse_from(&line)
         .expect("test command line parses")
         .command
@@ -247,7 +247,7 @@ pub struct Binary {
 
 impl Binary {
     /// Starts it with free ports and waits until it says where it serves.
-    pub async fn start(args: &[&str]) -> Binary {
+    pub async fn start<S: AsRef<str>>(args: &[S]) -> Binary {
         let mut line = run_line(&[
             "--admin",
             "127.0.0.1:0",
@@ -256,7 +256,7 @@ impl Binary {
             "--log-format",
             "json",
         ]);
-        line.extend(args.iter().map(|a| a.to_string()));
+        line.extend(args.iter().map(|a| a.as_ref().to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerguard"))
             .args(&line[1..])
             .env("PEERGUARD_LOG", "info")
