@@ -6,17 +6,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admin::config_dump::{Addresses, ListenerInfo};
+use crate::admin::{server, Admin};
 use crate::config::{CertSource, Config};
+use crate::health::{self, Readiness};
 use crate::inbound::connection::DataPath;
 use crate::inbound::listener::{Listener, Route};
+use crate::metrics::Metrics;
 use crate::net;
 use crate::policy::{Loaded, PolicyError, PolicySet, Workload};
+use crate::reload::{load_tls, Fingerprints, Reloader, TlsLoadError};
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};
 use crate::tls::credentials::{Credentials, CredentialsError};
-use crate::tls::server_config::ServerConfigError;
 
 /// Why the proxy could not start. The policy case has its own exit code (2), as in `check`.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +29,9 @@ pub enum StartError {
     #[error("invalid policy: {0}")]
     Policy(#[from] PolicyError),
     #[error("certificates: {0}")]
-    Credentials(#[from] CredentialsError),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] ServerConfigError),
+    Certificates(#[from] TlsLoadError),
+    #[error("cannot watch SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -37,9 +42,18 @@ pub struct Running {
     pub inbound: Option<SocketAddr>,
     /// The explicit listeners' bound addresses, in `--listen` order.
     pub explicit: Vec<SocketAddr>,
+    /// The admin endpoint's bound address.
+    pub admin: SocketAddr,
+    /// The health endpoint's bound address.
+    pub health: SocketAddr,
     pub policy: Arc<Live<PolicySnapshot>>,
     pub tls: Arc<Live<TlsSnapshot>>,
+    readiness: Arc<Readiness>,
+    /// Stops the data-path listeners.
     shutdown: watch::Sender<bool>,
+    /// Stops the admin and health endpoints and the reload watcher, after the drain: the
+    /// readiness probe must keep answering 503 while connections drain.
+    endpoints_shutdown: watch::Sender<bool>,
     listeners: JoinSet<()>,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -73,25 +87,41 @@ pub fn load_credentials(source: &CertSource) -> Result<Credentials, CredentialsE
 /// Loads everything, binds every listener and starts serving. Listening addresses with port 0
 /// get a free port; `Running` says which.
 pub async fn start(config: &Config, workload: Workload) -> Result<Running, StartError> {
+    let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let loaded = load_policy(config.policy.as_deref(), &workload)?;
     let policy = Arc::new(Live::new(PolicySnapshot::new(1, workload, loaded)));
-    let credentials = load_credentials(&config.certs)?;
-    let tls = Arc::new(Live::new(TlsSnapshot::new(1, &credentials, &config.trust_domain)?));
+    let tls = Arc::new(Live::new(load_tls(&config.certs, &config.trust_domain, 1)?));
+    let metrics = Arc::new(Metrics::new());
+    metrics.policy_in_force(1);
+    metrics.certificate_in_force(tls.current().not_after);
+    let readiness = Arc::new(Readiness::new(tls.clone()));
     let data_path = Arc::new(DataPath {
         policy: policy.clone(),
         tls: tls.clone(),
         limits: config.limits,
     });
+    let (endpoints_shutdown, endpoints_stop) = watch::channel(false);
 
-    let bind = |addr: SocketAddr| net::bind_listener(addr).map_err(|source| StartError::Bind { addr, source });
+    // The health endpoint first, so that a probe during start-up hears why it is not ready.
+    let (health_tcp, health) = bind(config.health)?;
+    tokio::spawn(server::serve(
+        health_tcp,
+        health::routes(readiness.clone()),
+        endpoints_stop.clone(),
+    ));
+    let (admin_tcp, admin) = bind(config.admin)?;
+
     let mut listeners = Vec::new();
+    let mut infos = Vec::new();
     let mut explicit = Vec::new();
     for spec in &config.explicit {
-        let tcp = bind(spec.listen)?;
-        explicit.push(tcp.local_addr().map_err(|source| StartError::Bind {
-            addr: spec.listen,
-            source,
-        })?);
+        let (tcp, address) = bind(spec.listen)?;
+        explicit.push(address);
+        infos.push(ListenerInfo {
+            kind: "explicit",
+            address,
+            app: Some(spec.app),
+        });
         listeners.push(Listener {
             tcp,
             route: Route::Explicit { app: spec.app },
@@ -99,10 +129,14 @@ pub async fn start(config: &Config, workload: Workload) -> Result<Running, Start
     }
     let mut inbound = None;
     if let Some(addr) = config.inbound {
-        let tcp = bind(addr)?;
-        let bound = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let (tcp, bound) = bind(addr)?;
         inbound = Some(bound);
-        let own_ports: Arc<[u16]> = [bound.port(), config.admin.port(), config.health.port()].into();
+        infos.push(ListenerInfo {
+            kind: "transparent",
+            address: bound,
+            app: None,
+        });
+        let own_ports: Arc<[u16]> = [bound.port(), admin.port(), health.port()].into();
         listeners.push(Listener {
             tcp,
             route: Route::Transparent {
@@ -116,32 +150,63 @@ pub async fn start(config: &Config, workload: Workload) -> Result<Running, Start
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut tasks = JoinSet::new();
     for listener in listeners {
-        tasks.spawn(listener.run(data_path.clone(), connections.clone(), stop.clone()));
+        tasks.spawn(listener.run(data_path.clone(), metrics.clone(), connections.clone(), stop.clone()));
     }
+    readiness.listeners_bound();
+
+    let admin_state = Arc::new(Admin {
+        addresses: Addresses {
+            listeners: infos,
+            admin,
+            health,
+        },
+        policy: policy.clone(),
+        tls: tls.clone(),
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(server::serve(admin_tcp, admin_state.routes(), endpoints_stop.clone()));
+    let reloader = Reloader::new(config, fingerprints, policy.clone(), tls.clone(), metrics);
+    tokio::spawn(Arc::new(reloader).watch(endpoints_stop));
+
     Ok(Running {
         inbound,
         explicit,
+        admin,
+        health,
         policy,
         tls,
+        readiness,
         shutdown,
+        endpoints_shutdown,
         listeners: tasks,
         connections,
         max_connections: config.max_connections,
     })
 }
 
+/// Binds a listening socket and says where it listens (port 0 gets a free port).
+fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let tcp = net::bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let bound = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((tcp, bound))
+}
+
 impl Running {
-    /// Stops accepting (listeners close), then waits up to `drain_timeout` for open
-    /// connections to finish. Returns how many were still open when the time ran out.
+    /// Readiness goes 503, accepting stops (listeners close), then open connections get up to
+    /// `drain_timeout` to finish. Returns how many were still open when the time ran out.
     pub async fn drain(mut self, drain_timeout: Duration) -> usize {
+        self.readiness.draining();
         self.shutdown.send_replace(true);
         while self.listeners.join_next().await.is_some() {}
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let everyone_done = self.connections.acquire_many(all);
-        match tokio::time::timeout(drain_timeout, everyone_done).await {
+        let left = match tokio::time::timeout(drain_timeout, everyone_done).await {
             Ok(_) => 0,
             Err(_) => self.max_connections - self.connections.available_permits(),
-        }
+        };
+        self.endpoints_shutdown.send_replace(true);
+        left
     }
 }
 
@@ -149,27 +214,43 @@ impl Running {
 /// during the drain ends it at once.
 pub async fn run(config: Config, workload: Workload) -> Result<(), StartError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), workload = ?workload, "starting");
+    // Before anything says "serving": a SIGTERM from then on must drain, not kill.
+    let mut stop = StopSignals::install().map_err(StartError::Signals)?;
     let running = start(&config, workload).await?;
-    tracing::info!(inbound = ?running.inbound, explicit = ?running.explicit, "listening");
-    wait_for_stop_signal().await;
+    if let Some(inbound) = running.inbound {
+        tracing::info!(listen = %inbound, "transparent listener bound");
+    }
+    for (listen, spec) in running.explicit.iter().zip(&config.explicit) {
+        tracing::info!(listen = %listen, app = %spec.app, "explicit listener bound");
+    }
+    tracing::info!(admin = %running.admin, health = %running.health, "serving");
+    stop.next().await;
     tracing::info!(drain_timeout = ?config.drain_timeout, "draining");
     tokio::select! {
         left = running.drain(config.drain_timeout) => tracing::info!(left_open = left, "drained"),
-        _ = wait_for_stop_signal() => tracing::warn!("second signal: exiting without waiting"),
+        () = stop.next() => tracing::warn!("second signal: exiting without waiting"),
     }
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT (Ctrl-C), either of which stops the proxy.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
 }

@@ -3,6 +3,10 @@
 //! Layout:
 //! - `cli`: command-line types; `config`: the validated configuration of `run`.
 //! - `app`: start-up, listeners, drain.
+//! - `admin`: the admin endpoint (config dump, metrics, readiness) and its small HTTP server.
+//! - `health`: readiness and the health endpoint's probe.
+//! - `metrics`: the Prometheus metric families.
+//! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `state`: live snapshots of policy and credentials, swapped whole on reload.
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
@@ -11,15 +15,19 @@
 //! - `check`, `certs`, `demo`, `iptables`: the other subcommands.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod inbound;
 pub mod iptables;
+pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod reload;
 pub mod state;
 pub mod tls;

@@ -11,6 +11,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::AppHost;
 use crate::inbound::connection::DataPath;
 use crate::inbound::record::Record;
+use crate::metrics::Metrics;
 use crate::net;
 
 /// Where a listener's connections go.
@@ -36,7 +37,13 @@ impl Listener {
     /// Accepts until `shutdown` turns true, then drops the listening socket. Each connection
     /// holds one permit of `cap` until its record is written; when none is free, accepting
     /// waits (the kernel backlog holds new clients meanwhile).
-    pub async fn run(self, data_path: Arc<DataPath>, cap: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        data_path: Arc<DataPath>,
+        metrics: Arc<Metrics>,
+        cap: Arc<Semaphore>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let permit = tokio::select! {
                 permit = cap.clone().acquire_owned() => match permit {
@@ -59,12 +66,15 @@ impl Listener {
             let _ = client.set_nodelay(true);
             let route = self.route.clone();
             let data_path = data_path.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _active = metrics.connection_opened();
                 let record = match app_of(&route, &client) {
                     Ok(app) => data_path.serve(client, source, app).await,
                     Err(own_port) => Record::new(source, own_port),
                 };
                 record.log();
+                metrics.connection_ended(&record);
                 drop(permit);
             });
         }

@@ -78,10 +78,17 @@ impl Record {
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
             end = %self.end.map_or("-", End::as_str),
-            duration_ms = self.duration.as_secs_f64() * 1000.0,
+            client_hello_bytes = self.client_hello_bytes.unwrap_or(0),
+            sniff_ms = self.sniff_time.map_or(0.0, millis),
+            handshake_ms = self.handshake_time.map_or(0.0, millis),
+            duration_ms = millis(self.duration),
             "connection"
         );
     }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// `h2,http/1.1`: ALPN IDs as the client offered them, lossy where not UTF-8.

@@ -1,0 +1,132 @@
+//! `/config_dump`: what this process is doing right now, as JSON. Built from the live
+//! snapshots at request time, so it always shows the generation new connections get.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::policy::{MtlsMode, PolicySource, Workload};
+use crate::state::{PolicySnapshot, PortMode, TlsSnapshot};
+
+/// One bound data-path listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    /// `transparent` (`--inbound`) or `explicit` (`--listen`).
+    pub kind: &'static str,
+    pub address: SocketAddr,
+    /// The app address of an explicit listener; transparent ones use the original destination.
+    pub app: Option<SocketAddr>,
+}
+
+/// The fixed parts of the dump: where this process listens.
+#[derive(Debug, Clone, Serialize)]
+pub struct Addresses {
+    pub listeners: Vec<ListenerInfo>,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+}
+
+#[derive(Serialize)]
+pub struct ConfigDump<'a> {
+    workload: &'a Workload,
+    #[serde(flatten)]
+    addresses: &'a Addresses,
+    ready: Ready,
+    policy: PolicyView<'a>,
+    certificate: CertificateView<'a>,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    /// Why not, when not.
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PolicyView<'a> {
+    generation: u64,
+    source_files: &'a [PathBuf],
+    loaded_at_unix: u64,
+    /// Every port a policy names or an explicit listener serves.
+    ports: Vec<PortView<'a>>,
+    /// The mode of every port not listed.
+    other_ports: PortView<'a>,
+}
+
+#[derive(Serialize)]
+struct PortView<'a> {
+    port: Option<u16>,
+    mode: MtlsMode,
+    /// `None`: no policy applies and the built-in default (PERMISSIVE) holds.
+    source: Option<&'a PolicySource>,
+    /// The `http-alpns.aspenmesh.io` annotation's effect on this port.
+    http_alpn: bool,
+}
+
+impl<'a> PortView<'a> {
+    fn new(port: Option<u16>, mode: &'a PortMode) -> Self {
+        PortView {
+            port,
+            mode: mode.mode,
+            source: mode.policy.source.as_ref(),
+            http_alpn: mode.http_alpn,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CertificateView<'a> {
+    generation: u64,
+    spiffe_id: Option<String>,
+    serial: &'a str,
+    not_after_unix: u64,
+    expired: bool,
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl<'a> ConfigDump<'a> {
+    pub fn new(
+        addresses: &'a Addresses,
+        policy: &'a PolicySnapshot,
+        tls: &'a TlsSnapshot,
+        readiness: Result<(), crate::health::NotReady>,
+        now: SystemTime,
+    ) -> Self {
+        let (named, other) = policy.ports();
+        let mut ports: Vec<u16> = named.iter().map(|m| m.policy.port).collect();
+        ports.extend(addresses.listeners.iter().filter_map(|l| l.app.map(|a| a.port())));
+        ports.sort_unstable();
+        ports.dedup();
+        ConfigDump {
+            workload: &policy.workload,
+            addresses,
+            ready: Ready {
+                ready: readiness.is_ok(),
+                reason: readiness.err().map(|e| e.to_string()),
+            },
+            policy: PolicyView {
+                generation: policy.generation,
+                source_files: &policy.files,
+                loaded_at_unix: unix_seconds(policy.loaded_at),
+                ports: ports
+                    .into_iter()
+                    .map(|p| PortView::new(Some(p), policy.port(p)))
+                    .collect(),
+                other_ports: PortView::new(None, other),
+            },
+            certificate: CertificateView {
+                generation: tls.generation,
+                spiffe_id: tls.identity.as_ref().map(ToString::to_string),
+                serial: &tls.serial,
+                not_after_unix: unix_seconds(tls.not_after),
+                expired: now > tls.not_after,
+            },
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The admin endpoint (`--admin`, loopback only) and the HTTP plumbing it shares with the
+//! health endpoint:
+//! - `server`: a small, bounded HTTP/1.1 server of synchronous routes.
+//! - `config_dump`: the `/config_dump` JSON document.
+//!
+//! Routes: `/config_dump`, `/stats/prometheus`, `/ready`.
+
+pub mod config_dump;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hyper::StatusCode;
+
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+use config_dump::{Addresses, ConfigDump};
+use server::Routes;
+
+/// OpenMetrics text, as `prometheus_client` encodes it (Prometheus scrapes it natively).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin endpoint reads; all of it shared with the data path, nothing copied.
+pub struct Admin {
+    pub addresses: Addresses,
+    pub policy: Arc<Live<PolicySnapshot>>,
+    pub tls: Arc<Live<TlsSnapshot>>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub fn routes(self: Arc<Self>) -> Routes {
+        Arc::new(move |path| match path {
+            "/config_dump" => self.config_dump(),
+            "/stats/prometheus" => match self.metrics.encode() {
+                Ok(text) => server::with_type(StatusCode::OK, OPENMETRICS, text),
+                Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
+            },
+            "/ready" => crate::health::ready_response(&self.readiness),
+            other => server::not_found(other),
+        })
+    }
+
+    fn config_dump(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        let now = SystemTime::now();
+        let (policy, tls) = (self.policy.current(), self.tls.current());
+        let dump = ConfigDump::new(&self.addresses, &policy, &tls, self.readiness.check(now), now);
+        match serde_json::to_string_pretty(&dump) {
+            Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),
+            Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding config: {e}\n")),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Readiness (PRODUCT.md §5): ready only while a policy is loaded, the workload certificate in
+//! use is unexpired, every listener is bound, and the proxy is not draining.
+//!
+//! The policy condition holds by construction: `start` fails without a valid policy, and a
+//! failed reload keeps the last good one, so a policy snapshot always exists once serving.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use crate::admin::server::{not_found, text, Routes};
+use crate::state::{Live, TlsSnapshot};
+
+/// The readiness probe's path, as Istio's sidecar serves it on 15021.
+pub const READY_PATH: &str = "/healthz/ready";
+
+/// Why the proxy is not ready; the health endpoint's 503 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("listeners are not bound yet")]
+    Starting,
+    #[error("the workload certificate (serial {serial}) expired at Unix time {not_after}")]
+    CertificateExpired { serial: String, not_after: u64 },
+    #[error("draining: the proxy is shutting down")]
+    Draining,
+}
+
+/// What readiness is computed from: how far start-up and shutdown have got, and the live
+/// credentials.
+pub struct Readiness {
+    listeners_bound: AtomicBool,
+    draining: AtomicBool,
+    tls: Arc<Live<TlsSnapshot>>,
+}
+
+impl Readiness {
+    pub fn new(tls: Arc<Live<TlsSnapshot>>) -> Self {
+        Readiness {
+            listeners_bound: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            tls,
+        }
+    }
+
+    pub fn listeners_bound(&self) {
+        self.listeners_bound.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutting down: not ready from now on.
+    pub fn draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready at `now`, else the first reason not to be.
+    pub fn check(&self, now: SystemTime) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(NotReady::Draining);
+        }
+        if !self.listeners_bound.load(Ordering::SeqCst) {
+            return Err(NotReady::Starting);
+        }
+        let tls = self.tls.current();
+        if now > tls.not_after {
+            return Err(NotReady::CertificateExpired {
+                serial: tls.serial.clone(),
+                not_after: tls.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `200 ready`, or `503` with the reason: the answer of `/healthz/ready` and admin `/ready`.
+pub fn ready_response(readiness: &Readiness) -> Response<Full<Bytes>> {
+    match readiness.check(SystemTime::now()) {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// The health endpoint's routes (`--health`): only the readiness probe.
+pub fn routes(readiness: Arc<Readiness>) -> Routes {
+    Arc::new(move |path| match path {
+        READY_PATH => ready_response(&readiness),
+        other => not_found(other),
+    })
+}

@@ -1,0 +1,301 @@
+//! Prometheus metrics (PRODUCT.md §5), served by the admin endpoint at `/stats/prometheus`.
+//!
+//! Label sets are closed and bounded: `mode`, `action` and `reason` take the same `as_str()`
+//! values as the access log, and `port` is the workload port, which is bounded by the app's
+//! ports. In transparent mode iptables may redirect any port, so a port scan could otherwise
+//! mint a series per port: past [`MAX_PORT_LABELS`] distinct ports, further ports share the
+//! label `port="other"`.
+//!
+//! The per-connection cost is one hash lookup of a `Copy` label set (no formatting, no
+//! allocation once the series exists) and a few atomic adds on handles resolved at start-up.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::inbound::record::Record;
+use crate::policy::MtlsMode;
+
+/// Most distinct workload ports that get their own `port` label value.
+pub const MAX_PORT_LABELS: usize = 128;
+
+/// The `port` label: a workload port, or `other` once [`MAX_PORT_LABELS`] are in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PortLabel {
+    Port(u16),
+    Other,
+}
+
+impl EncodeLabelValue for PortLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            PortLabel::Port(port) => EncodeLabelValue::encode(port, encoder),
+            PortLabel::Other => EncodeLabelValue::encode(&"other", encoder),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    port: PortLabel,
+    mode: &'static str,
+    action: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Ok and failed counters of one kind of reload, resolved once.
+struct ReloadCounters {
+    ok: Counter,
+    failed: Counter,
+}
+
+impl ReloadCounters {
+    fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let family = Family::<ResultLabels, Counter>::default();
+        registry.register(name, help, family.clone());
+        ReloadCounters {
+            ok: family.get_or_create_owned(&ResultLabels { result: "ok" }),
+            failed: family.get_or_create_owned(&ResultLabels { result: "failed" }),
+        }
+    }
+}
+
+/// Which workload ports have a label of their own: a lock-free bitset over all 65536 ports.
+struct PortLabels {
+    seen: Box<[AtomicU64]>,
+    count: AtomicUsize,
+}
+
+impl PortLabels {
+    fn new() -> Self {
+        PortLabels {
+            seen: (0..(1 << 16) / 64).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn label(&self, port: u16) -> PortLabel {
+        let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
+        if self.seen[word].load(Ordering::Relaxed) & bit != 0 {
+            return PortLabel::Port(port);
+        }
+        // Claim a slot first so that racing new ports can never exceed the bound.
+        if self.count.fetch_add(1, Ordering::Relaxed) >= MAX_PORT_LABELS {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return PortLabel::Other;
+        }
+        if self.seen[word].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+            // Another connection labelled this port meanwhile; give the slot back.
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        PortLabel::Port(port)
+    }
+}
+
+/// Every metric family of the process, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    ports: PortLabels,
+    connections: Family<ConnectionLabels, Counter>,
+    active_connections: Gauge,
+    bytes_to_app: Counter,
+    bytes_to_client: Counter,
+    client_hello_bytes: Histogram,
+    sniff_seconds: Histogram,
+    handshake_seconds: Histogram,
+    policy_reloads: ReloadCounters,
+    policy_generation: Gauge,
+    certificate_reloads: ReloadCounters,
+    certificate_expiry: Gauge,
+}
+
+/// Decrements the active-connections gauge when the connection's task lets go of it, however
+/// the task ends.
+pub struct ActiveConnection<'a>(&'a Gauge);
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("peerguard");
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections ended, by workload port, mTLS mode, action and reason",
+            connections.clone(),
+        );
+        let active_connections = Gauge::default();
+        registry.register("active_connections", "Connections open now", active_connections.clone());
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register_with_unit(
+            "transferred",
+            "Bytes forwarded, by direction (to_app, to_client)",
+            Unit::Bytes,
+            bytes.clone(),
+        );
+        let client_hello_bytes = Histogram::new(exponential_buckets(256.0, 2.0, 8));
+        registry.register_with_unit(
+            "client_hello_size",
+            "Size of the ClientHellos read while classifying",
+            Unit::Bytes,
+            client_hello_bytes.clone(),
+        );
+        let sniff_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
+        registry.register_with_unit(
+            "sniff_time",
+            "Time spent waiting for and reading a connection's first bytes",
+            Unit::Seconds,
+            sniff_seconds.clone(),
+        );
+        let handshake_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register_with_unit(
+            "handshake_time",
+            "Time taken by completed mTLS handshakes",
+            Unit::Seconds,
+            handshake_seconds.clone(),
+        );
+        let policy_reloads = ReloadCounters::register(&mut registry, "policy_reloads", "Policy reloads, by result");
+        let policy_generation = Gauge::default();
+        registry.register(
+            "policy_generation",
+            "Generation of the policy in force (1 at start, +1 per successful reload)",
+            policy_generation.clone(),
+        );
+        let certificate_reloads = ReloadCounters::register(
+            &mut registry,
+            "certificate_reloads",
+            "Certificate and root reloads, by result",
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the workload certificate in use, as a Unix time",
+            certificate_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            ports: PortLabels::new(),
+            connections,
+            active_connections,
+            bytes_to_app: bytes.get_or_create_owned(&DirectionLabels { direction: "to_app" }),
+            bytes_to_client: bytes.get_or_create_owned(&DirectionLabels { direction: "to_client" }),
+            client_hello_bytes,
+            sniff_seconds,
+            handshake_seconds,
+            policy_reloads,
+            policy_generation,
+            certificate_reloads,
+            certificate_expiry,
+        }
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> ActiveConnection<'_> {
+        self.active_connections.inc();
+        ActiveConnection(&self.active_connections)
+    }
+
+    /// Counts one finished connection from its record, with the labels the access log uses.
+    pub fn connection_ended(&self, record: &Record) {
+        let labels = ConnectionLabels {
+            port: self.ports.label(record.workload_port),
+            mode: record.mode.map_or("none", MtlsMode::as_str),
+            action: record.action.as_str(),
+            reason: record.reason.as_str(),
+        };
+        self.connections.get_or_create(&labels).inc();
+        self.bytes_to_app.inc_by(record.to_app);
+        self.bytes_to_client.inc_by(record.to_client);
+        if let Some(size) = record.client_hello_bytes {
+            self.client_hello_bytes.observe(size as f64);
+        }
+        if let Some(sniff) = record.sniff_time {
+            self.sniff_seconds.observe(sniff.as_secs_f64());
+        }
+        if let Some(handshake) = record.handshake_time {
+            self.handshake_seconds.observe(handshake.as_secs_f64());
+        }
+    }
+
+    /// The policy generation in force, set at start and by every successful reload.
+    pub fn policy_in_force(&self, generation: u64) {
+        self.policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    pub fn policy_reloaded(&self, generation: u64) {
+        self.policy_reloads.ok.inc();
+        self.policy_in_force(generation);
+    }
+
+    pub fn policy_reload_failed(&self) {
+        self.policy_reloads.failed.inc();
+    }
+
+    /// The expiry of the certificate in use, set at start and by every successful reload.
+    pub fn certificate_in_force(&self, not_after: SystemTime) {
+        let unix = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.certificate_expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
+    }
+
+    pub fn certificate_reloaded(&self, not_after: SystemTime) {
+        self.certificate_reloads.ok.inc();
+        self.certificate_in_force(not_after);
+    }
+
+    pub fn certificate_reload_failed(&self) {
+        self.certificate_reloads.failed.inc();
+    }
+
+    /// The OpenMetrics text exposition of every family.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_past_the_bound_share_the_other_label() {
+        let ports = PortLabels::new();
+        for port in 1..=MAX_PORT_LABELS as u16 {
+            assert_eq!(ports.label(port), PortLabel::Port(port));
+        }
+        assert_eq!(ports.label(60000), PortLabel::Other);
+        assert_eq!(
+            ports.label(1),
+            PortLabel::Port(1),
+            "a port labelled before keeps its label"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Hot reload of the policy and of the certificates (PRODUCT.md §3, §5).
+//!
+//! Every [`POLL_INTERVAL`] the watcher takes a fingerprint of what the files *contain* (read
+//! through symlinks) and reloads what changed; `SIGHUP` reloads both at once, changed or not.
+//! Polling contents rather than watching inodes is what makes Kubernetes' atomic `..data`
+//! symlink swap (ConfigMap and Secret volumes) just work: the visible file names never change,
+//! only what they resolve to. A load that fails keeps the last good snapshot, is logged with
+//! its precise error and counted; it is not retried until the files change again.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::app::{load_credentials, load_policy};
+use crate::config::CertSource;
+use crate::metrics::Metrics;
+use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+use crate::tls::credentials::{CredentialsError, CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
+use crate::tls::server_config::ServerConfigError;
+
+/// How often the files are checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why new certificates could not be put in use.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsLoadError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("TLS configuration: {0}")]
+    ServerConfig(#[from] ServerConfigError),
+}
+
+/// Loads the certificates of `source` into a snapshot ready for handshakes.
+pub fn load_tls(source: &CertSource, trust_domain: &str, generation: u64) -> Result<TlsSnapshot, TlsLoadError> {
+    let credentials = load_credentials(source)?;
+    Ok(TlsSnapshot::new(generation, &credentials, trust_domain)?)
+}
+
+/// The files a certificate source reads.
+fn certificate_files(source: &CertSource) -> Vec<PathBuf> {
+    match source {
+        CertSource::Dir(dir) => [CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE]
+            .map(|f| dir.join(f))
+            .to_vec(),
+        CertSource::Files { cert, key, ca } => vec![cert.clone(), key.clone(), ca.clone()],
+    }
+}
+
+/// Hashes of what the policy and certificate files contained when last loaded (or tried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprints {
+    policy: u64,
+    certificates: u64,
+}
+
+impl Fingerprints {
+    /// Take them before the first load, so that a change racing the load is seen by the next
+    /// poll rather than lost.
+    pub fn of(policy: Option<&Path>, certs: &CertSource) -> Self {
+        Fingerprints {
+            policy: policy.map_or(0, |path| fingerprint(&[path.to_path_buf()])),
+            certificates: fingerprint(&certificate_files(certs)),
+        }
+    }
+}
+
+/// Reloads the live policy and credentials from their files.
+pub struct Reloader {
+    policy_path: Option<PathBuf>,
+    certs: CertSource,
+    trust_domain: String,
+    policy: Arc<Live<PolicySnapshot>>,
+    tls: Arc<Live<TlsSnapshot>>,
+    metrics: Arc<Metrics>,
+    seen: Mutex<Fingerprints>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: &crate::config::Config,
+        loaded: Fingerprints,
+        policy: Arc<Live<PolicySnapshot>>,
+        tls: Arc<Live<TlsSnapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reloader {
+            policy_path: config.policy.clone(),
+            certs: config.certs.clone(),
+            trust_domain: config.trust_domain.clone(),
+            policy,
+            tls,
+            metrics,
+            seen: Mutex::new(loaded),
+        }
+    }
+
+    /// Reloads whatever changed since the last look; everything when `forced` (SIGHUP).
+    pub fn check(&self, forced: bool) {
+        let now = Fingerprints::of(self.policy_path.as_deref(), &self.certs);
+        let before = std::mem::replace(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner), now);
+        if forced || now.policy != before.policy {
+            self.reload_policy();
+        }
+        if forced || now.certificates != before.certificates {
+            self.reload_certificates();
+        }
+    }
+
+    fn reload_policy(&self) {
+        let Some(path) = &self.policy_path else {
+            return;
+        };
+        let current = self.policy.current();
+        match load_policy(Some(path), &current.workload) {
+            Ok(loaded) => {
+                let generation = current.generation + 1;
+                let files = loaded.files.len();
+                self.policy
+                    .replace(PolicySnapshot::new(generation, current.workload.clone(), loaded));
+                self.metrics.policy_reloaded(generation);
+                tracing::info!(generation, files, "policy reloaded; new connections use it");
+            }
+            Err(e) => {
+                self.metrics.policy_reload_failed();
+                tracing::error!(
+                    error = %e,
+                    generation = current.generation,
+                    "policy reload failed; the last good policy stays in force"
+                );
+            }
+        }
+    }
+
+    fn reload_certificates(&self) {
+        let current = self.tls.current();
+        match load_tls(&self.certs, &self.trust_domain, current.generation + 1) {
+            Ok(snapshot) => {
+                self.metrics.certificate_reloaded(snapshot.not_after);
+                tracing::info!(
+                    generation = snapshot.generation,
+                    serial = %snapshot.serial,
+                    "certificates reloaded; new handshakes use them"
+                );
+                self.tls.replace(snapshot);
+            }
+            Err(e) => {
+                self.metrics.certificate_reload_failed();
+                tracing::error!(
+                    error = %e,
+                    generation = current.generation,
+                    "certificate reload failed; the last good certificates stay in use"
+                );
+            }
+        }
+    }
+
+    /// Polls the files and listens for SIGHUP until `shutdown` turns true. Installs the SIGHUP
+    /// handler before returning the task, so that a SIGHUP as soon as the proxy says it serves
+    /// reloads rather than kills it (the default action).
+    pub fn watch(self: Arc<Self>, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot watch SIGHUP; reloads follow file changes only"))
+            .ok();
+        self.poll_and_listen(hangup, shutdown)
+    }
+
+    async fn poll_and_listen(self: Arc<Self>, mut hangup: Option<Signal>, mut shutdown: watch::Receiver<bool>) {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = poll.tick() => false,
+                () = next_signal(&mut hangup) => {
+                    tracing::info!("SIGHUP: reloading policy and certificates");
+                    true
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            // File reads block; keep them off the runtime's worker threads.
+            let reloader = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.check(forced)).await {
+                tracing::error!(error = %e, "reload check did not finish");
+            }
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, when it could not be installed or has ended.
+async fn next_signal(signal: &mut Option<Signal>) {
+    if let Some(s) = signal {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// A hash of what `paths` contain: a file's bytes, a directory's visible entries (names not
+/// starting with `.`, so Kubernetes' `..data` internals are seen only through the visible
+/// symlinks) and their bytes. A path that cannot be read hashes as its error kind, so its
+/// appearing or disappearing is a change too.
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for path in paths {
+        path.hash(&mut hasher);
+        if path.is_dir() {
+            match visible_entries(path) {
+                Ok(entries) => {
+                    for entry in entries {
+                        entry.hash(&mut hasher);
+                        hash_contents(&entry, &mut hasher);
+                    }
+                }
+                Err(e) => e.kind().hash(&mut hasher),
+            }
+        } else {
+            hash_contents(path, &mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+fn visible_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            entries.push(entry.path());
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn hash_contents(path: &Path, hasher: &mut DefaultHasher) {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => return e.kind().hash(hasher),
+    };
+    let mut chunk = [0u8; 8192];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => chunk[..n].hash(hasher),
+            // A directory inside a policy directory, or a read error: its kind marks it.
+            Err(e) => return e.kind().hash(hasher),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("peerguard-reload-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_kubernetes_data_symlink_swap_changes_the_fingerprint() {
+        let dir = temp_dir("swap");
+        std::fs::create_dir(dir.join("..v1")).unwrap();
+        std::fs::create_dir(dir.join("..v2")).unwrap();
+        std::fs::write(dir.join("..v1/policy.yaml"), "v1").unwrap();
+        std::fs::write(dir.join("..v2/policy.yaml"), "v2").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+        let before = fingerprint(std::slice::from_ref(&dir));
+        assert_eq!(before, fingerprint(std::slice::from_ref(&dir)), "nothing changed");
+
+        std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_ne!(before, fingerprint(std::slice::from_ref(&dir)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_appearing_in_a_policy_directory_changes_the_fingerprint() {
+        let dir = temp_dir("appear");
+        let before = fingerprint(std::slice::from_ref(&dir));
+        std::fs::write(dir.join("extra.yaml"), "").unwrap();
+        assert_ne!(before, fingerprint(std::slice::from_ref(&dir)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
