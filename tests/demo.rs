@@ -23,26 +23,32 @@ impl Drop for Demo {
     }
 }
 
-/// A block of ports unlikely to collide with a parallel test run (the demo needs base..base+1100).
-fn base_port() -> u16 {
-    30000 + (std::process::id() % 25) as u16 * 1200
+/// Blocks of ports below Linux's ephemeral range (32768+), where no outgoing connection can
+/// hold one; the demo needs base..base+1100.
+fn base_ports() -> impl Iterator<Item = u16> {
+    let first = std::process::id() as u16 % 10;
+    (0..10).map(move |i| 20000 + (first + i) % 10 * 1200)
+}
+
+/// Starts the demo on the first free block of ports.
+fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
+    for base in base_ports().take(3) {
+        if let Some(started) = start_demo_at(base) {
+            return started;
+        }
+    }
+    panic!("the demo did not start on any of three port blocks");
 }
 
 /// Starts the demo and returns it with the commands it printed, by section number, and its
-/// closing `peerguard check` command.
-fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
+/// closing `peerguard check` command; `None` if it exited before printing them (a port in use).
+fn start_demo_at(base: u16) -> Option<(Demo, Vec<(u32, String)>, String)> {
     let dir = std::env::temp_dir().join(format!("peerguard-demo-test-{}", std::process::id()));
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id())))
             .expect("log file");
     let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--base-port",
-            &base_port().to_string(),
-        ])
+        .args(["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base.to_string()])
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -70,7 +76,7 @@ fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
             commands.push((section, line.clone()));
         }
         if line.starts_with("peerguard check") {
-            return (demo, commands, line);
+            return Some((demo, commands, line));
         }
     }
 }
