@@ -30,8 +30,16 @@ fn base_ports() -> impl Iterator<Item = u16> {
     (0..10).map(move |i| 20000 + (first + i) % 10 * 1200)
 }
 
+/// A running demo with what it printed: the commands by section number, and its closing
+/// `peerguard check` command.
+struct Started {
+    demo: Demo,
+    commands: Vec<(u32, String)>,
+    check: String,
+}
+
 /// Starts the demo on the first free block of ports.
-fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
+fn start_demo() -> Started {
     for base in base_ports().take(3) {
         if let Some(started) = start_demo_at(base) {
             return started;
@@ -40,9 +48,8 @@ fn start_demo() -> (Demo, Vec<(u32, String)>, String) {
     panic!("the demo did not start on any of three port blocks");
 }
 
-/// Starts the demo and returns it with the commands it printed, by section number, and its
-/// closing `peerguard check` command; `None` if it exited before printing them (a port in use).
-fn start_demo_at(base: u16) -> Option<(Demo, Vec<(u32, String)>, String)> {
+/// Starts the demo at `base`; `None` if it exited before printing its commands (a port in use).
+fn start_demo_at(base: u16) -> Option<Started> {
     let dir = std::env::temp_dir().join(format!("peerguard-demo-test-{}", std::process::id()));
     let log =
         std::fs::File::create(std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id())))
@@ -76,7 +83,11 @@ fn start_demo_at(base: u16) -> Option<(Demo, Vec<(u32, String)>, String)> {
             commands.push((section, line.clone()));
         }
         if line.starts_with("peerguard check") {
-            return Some((demo, commands, line));
+            return Some(Started {
+                demo,
+                commands,
+                check: line,
+            });
         }
     }
 }
@@ -98,7 +109,7 @@ fn run(command: &str) -> String {
 
 #[test]
 fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
-    let (demo, commands, check) = start_demo();
+    let Started { demo, commands, check } = start_demo();
     let expectations: [(u32, &[&str]); 5] = [
         (1, &["you reached me over plaintext"]),
         (2, &["you reached me over the app's own TLS"]),
