@@ -64,6 +64,12 @@ pub fn machine_facts() -> String {
     )
 }
 
+/// The 1, 5 and 15 minute load averages: how busy the shared machine was.
+pub fn load_average() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// A process to watch: its resident memory and its CPU use over a phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Watched {

@@ -47,8 +47,9 @@ fn main() -> anyhow::Result<()> {
         options.idle_connections
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let load_before = host::load_average();
     let results = runtime.block_on(run(&options))?;
-    println!("{}", header(&options));
+    println!("{}", header(&options, &load_before));
     println!("{}", results.table());
     Ok(())
 }
@@ -104,7 +105,7 @@ async fn run(options: &Options) -> anyhow::Result<Results> {
 }
 
 /// The command line, the machine and the versions under test.
-fn header(options: &Options) -> String {
+fn header(options: &Options, load_before: &str) -> String {
     let command: Vec<String> = std::env::args().collect();
     let haproxy = Command::new("haproxy")
         .arg("-v")
@@ -115,12 +116,13 @@ fn header(options: &Options) -> String {
     format!(
         "## peerguard load harness\n\n\
          - command: `{}`\n\
-         - machine: {}\n\
+         - machine: {}; load average before {load_before}, after {}\n\
          - peerguard: {} (pinned to core {}; app and load generator on core 0)\n\
          - HAProxy: {}\n\
          - {} run(s), {} s per timed phase, {} idle connections, {} handshake clients; medians of runs\n",
         command.join(" "),
         host::machine_facts(),
+        host::load_average(),
         options.peerguard.display(),
         host::PROXY_CORE,
         haproxy,

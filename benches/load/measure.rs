@@ -25,6 +25,22 @@ pub enum Metric {
     IdleMtlsKib,
 }
 
+impl Metric {
+    /// The phase that measures it.
+    pub fn phase(self) -> Phase {
+        match self {
+            Metric::PlaintextGbps => Phase::Plaintext,
+            Metric::TlsGbps => Phase::Tls,
+            Metric::MtlsGbps => Phase::Mtls,
+            Metric::RrPlaintextP50 | Metric::RrPlaintextP99 => Phase::RrPlaintext,
+            Metric::RrMtlsP50 | Metric::RrMtlsP99 => Phase::RrMtls,
+            Metric::HandshakesPerSecond => Phase::Handshakes,
+            Metric::IdlePlaintextKib => Phase::IdlePlaintext,
+            Metric::IdleMtlsKib => Phase::IdleMtls,
+        }
+    }
+}
+
 /// What one phase against one target gave.
 pub struct Measurement {
     pub figures: Vec<(Metric, f64)>,

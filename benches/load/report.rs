@@ -34,17 +34,15 @@ struct Row {
     metric: Metric,
     /// `Some(base)`: the row shows `metric - base[Direct]` of the same run.
     added_over: Option<Metric>,
-    phase: Phase,
     decimals: usize,
     goal: Option<Goal>,
 }
 
-const fn row(label: &'static str, metric: Metric, phase: Phase, decimals: usize, goal: Option<Goal>) -> Row {
+const fn row(label: &'static str, metric: Metric, decimals: usize, goal: Option<Goal>) -> Row {
     Row {
         label,
         metric,
         added_over: None,
-        phase,
         decimals,
         goal,
     }
@@ -54,35 +52,30 @@ const ROWS: [Row; 12] = [
     row(
         "plaintext passthrough, 1 conn streaming (Gbit/s)",
         Metric::PlaintextGbps,
-        Phase::Plaintext,
         2,
         Some(Goal::OfDirect(0.85)),
     ),
     row(
         "TLS passthrough (app's own TLS, ALPN h2), 1 conn streaming (Gbit/s)",
         Metric::TlsGbps,
-        Phase::Tls,
         2,
         None,
     ),
     row(
         "mTLS termination, 1 conn streaming (Gbit/s)",
         Metric::MtlsGbps,
-        Phase::Mtls,
         2,
         Some(Goal::OfHaproxy(1.6)),
     ),
     row(
         "plaintext request/response 128 B, p50 (µs, lower is better)",
         Metric::RrPlaintextP50,
-        Phase::RrPlaintext,
         1,
         None,
     ),
     row(
         "plaintext request/response 128 B, p99 (µs, lower is better)",
         Metric::RrPlaintextP99,
-        Phase::RrPlaintext,
         1,
         None,
     ),
@@ -91,7 +84,6 @@ const ROWS: [Row; 12] = [
         ..row(
             "plaintext request/response, added p99 over direct (µs)",
             Metric::RrPlaintextP99,
-            Phase::RrPlaintext,
             1,
             Some(Goal::BelowHaproxy),
         )
@@ -99,14 +91,12 @@ const ROWS: [Row; 12] = [
     row(
         "mTLS request/response 128 B, p50 (µs, lower is better)",
         Metric::RrMtlsP50,
-        Phase::RrMtls,
         1,
         None,
     ),
     row(
         "mTLS request/response 128 B, p99 (µs, lower is better)",
         Metric::RrMtlsP99,
-        Phase::RrMtls,
         1,
         None,
     ),
@@ -115,7 +105,6 @@ const ROWS: [Row; 12] = [
         ..row(
             "mTLS request/response, added p99 over direct plaintext (µs)",
             Metric::RrMtlsP99,
-            Phase::RrMtls,
             1,
             Some(Goal::BelowHaproxy),
         )
@@ -123,21 +112,18 @@ const ROWS: [Row; 12] = [
     row(
         "full mTLS handshakes per second (concurrent clients: see header)",
         Metric::HandshakesPerSecond,
-        Phase::Handshakes,
         0,
         Some(Goal::OfHaproxy(5.0)),
     ),
     row(
         "memory per idle plaintext connection (KiB, lower is better)",
         Metric::IdlePlaintextKib,
-        Phase::IdlePlaintext,
         1,
         Some(Goal::AtMost(2.0)),
     ),
     row(
         "memory per idle mTLS connection (KiB, lower is better)",
         Metric::IdleMtlsKib,
-        Phase::IdleMtls,
         1,
         Some(Goal::AtMost(16.0)),
     ),
@@ -170,10 +156,11 @@ impl Results {
 
     /// The markdown table.
     pub fn table(&self) -> String {
-        let mut out = String::from(
-            "| load | direct | peerguard | HAProxy | peerguard/direct | peerguard/HAProxy | target | met? | CPU peerguard | CPU HAProxy |\n\
-             |---|---|---|---|---|---|---|---|---|---|\n",
-        );
+        let mut out = String::from(concat!(
+            "| load | direct | peerguard | HAProxy | peerguard/direct | peerguard/HAProxy ",
+            "| target | met? | CPU peerguard | CPU HAProxy |\n",
+            "|---|---|---|---|---|---|---|---|---|---|\n",
+        ));
         for row in &ROWS {
             let [direct, ours, haproxy] =
                 [TargetKind::Direct, TargetKind::Peerguard, TargetKind::Haproxy].map(|k| self.median(row, k));
@@ -187,7 +174,7 @@ impl Results {
             };
             let (target, met) = verdict(row.goal, ours, direct, haproxy);
             let cpu = |k| {
-                median(self.cpu.get(&(row.phase, k)).cloned().unwrap_or_default())
+                median(self.cpu.get(&(row.metric.phase(), k)).cloned().unwrap_or_default())
                     .map_or("—".to_string(), |c| format!("{c:.0}%"))
             };
             let _ = writeln!(
