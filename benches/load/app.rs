@@ -4,6 +4,7 @@
 //! sends every byte back.
 
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -18,16 +19,28 @@ const TLS_HANDSHAKE: u8 = 22;
 const SINK_BUFFER: usize = 256 * 1024;
 const ECHO_BUFFER: usize = 16 * 1024;
 
-/// Serves connections from `listener` until the runtime stops.
-pub fn spawn(listener: TcpListener, tls: Arc<ServerConfig>) {
+/// Starts the app on a thread of its own with its own runtime, as a separate process would
+/// be: the load generator and the app wait and wake independently, as real clients and apps do
+/// (on the harness core, which the thread inherits). Returns where it listens.
+pub fn start(tls: Arc<ServerConfig>) -> io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let acceptor = TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            // An error ends that connection only; the clients report what they saw.
-            tokio::spawn(async move { handle(stream, acceptor).await.ok() });
-        }
-    });
+    std::thread::Builder::new()
+        .name("app".into())
+        .spawn(move || runtime.block_on(accept(listener, acceptor)))?;
+    Ok(addr)
+}
+
+async fn accept(listener: std::net::TcpListener, acceptor: TlsAcceptor) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        // An error ends that connection only; the clients report what they saw.
+        tokio::spawn(handle(stream, acceptor.clone()));
+    }
 }
 
 async fn handle(stream: TcpStream, acceptor: TlsAcceptor) -> io::Result<()> {

@@ -6,7 +6,7 @@
 //! - `options`: the command line; `Phase`, the kinds of load.
 //! - `host`: CPU pinning, fd limits, machine facts, RSS and CPU time from /proc.
 //! - `pki`: a throwaway mesh CA and app CA from `peerguard::certs::DevCa`; rustls configs.
-//! - `app`: the sink/echo app (in this process, on the harness core).
+//! - `app`: the sink/echo app (a thread of this process, on the harness core).
 //! - `proxies`: peerguard and HAProxy as pinned child processes, killed on drop.
 //! - `load`: the clients and the loads; `measure`: one phase against one target.
 //! - `report`: medians, ratios, targets, the table.
@@ -57,9 +57,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(options: &Options) -> anyhow::Result<Results> {
     let scratch = Scratch::create()?;
     let pki = Pki::create(&scratch.0)?;
-    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let app_addr = app_listener.local_addr()?;
-    app::spawn(app_listener, pki.app_server.clone());
+    let app_addr = app::start(pki.app_server.clone())?;
     let connector = Connector::new(&pki);
     let with_haproxy = !options.no_haproxy && proxies::haproxy_available();
     if !with_haproxy {

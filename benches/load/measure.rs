@@ -21,6 +21,9 @@ pub enum Metric {
     RrMtlsP50,
     RrMtlsP99,
     HandshakesPerSecond,
+    /// Handshakes per second of the proxy's own CPU time: its capacity, even when the load
+    /// generator (one core) cannot saturate it.
+    HandshakesPerCpuSecond,
     IdlePlaintextKib,
     IdleMtlsKib,
 }
@@ -34,7 +37,7 @@ impl Metric {
             Metric::MtlsGbps => Phase::Mtls,
             Metric::RrPlaintextP50 | Metric::RrPlaintextP99 => Phase::RrPlaintext,
             Metric::RrMtlsP50 | Metric::RrMtlsP99 => Phase::RrMtls,
-            Metric::HandshakesPerSecond => Phase::Handshakes,
+            Metric::HandshakesPerSecond | Metric::HandshakesPerCpuSecond => Phase::Handshakes,
             Metric::IdlePlaintextKib => Phase::IdlePlaintext,
             Metric::IdleMtlsKib => Phase::IdleMtls,
         }
@@ -101,6 +104,10 @@ pub async fn measure(
         (Some(process), Some(start)) => Some(process.cpu_percent(&start)?),
         _ => None,
     };
+    let mut figures = figures;
+    if let (Some(&(Metric::HandshakesPerSecond, rate)), Some(cpu)) = (figures.first(), cpu_percent) {
+        figures.push((Metric::HandshakesPerCpuSecond, rate / (cpu / 100.0).max(0.01)));
+    }
     Ok(Measurement { figures, cpu_percent })
 }
 

@@ -48,7 +48,7 @@ const fn row(label: &'static str, metric: Metric, decimals: usize, goal: Option<
     }
 }
 
-const ROWS: [Row; 12] = [
+const ROWS: [Row; 13] = [
     row(
         "plaintext passthrough, 1 conn streaming (Gbit/s)",
         Metric::PlaintextGbps,
@@ -112,6 +112,12 @@ const ROWS: [Row; 12] = [
     row(
         "full mTLS handshakes per second (concurrent clients: see header)",
         Metric::HandshakesPerSecond,
+        0,
+        Some(Goal::OfHaproxy(5.0)),
+    ),
+    row(
+        "full mTLS handshakes per second of proxy CPU time",
+        Metric::HandshakesPerCpuSecond,
         0,
         Some(Goal::OfHaproxy(5.0)),
     ),
