@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::host::Watched;
 use crate::load::{self, Connector, Security};
 use crate::options::{Options, Phase};
 use crate::proxies::{Target, TargetKind};
@@ -47,8 +48,9 @@ impl Metric {
 /// What one phase against one target gave.
 pub struct Measurement {
     pub figures: Vec<(Metric, f64)>,
-    /// The proxy's CPU use during a timed phase, percent of one core.
-    pub cpu_percent: Option<f64>,
+    /// CPU use during a timed phase, percent of one core: (proxy, harness). The harness (load
+    /// generator and app) has core 0 to itself; near 100% there, it was the bottleneck.
+    pub cpu_percent: Option<(f64, f64)>,
 }
 
 /// Time for a proxy to finish with connections the harness just opened or closed.
@@ -72,7 +74,13 @@ pub async fn measure(
     if let Phase::IdlePlaintext | Phase::IdleMtls = phase {
         return idle_memory(phase, target, connector, options).await;
     }
-    let cpu_start = target.process.map(|p| p.cpu_mark()).transpose()?;
+    let harness = Watched {
+        pid: std::process::id(),
+    };
+    let cpu_start = target
+        .process
+        .map(|p| Ok::<_, anyhow::Error>((p.cpu_mark()?, harness.cpu_mark()?)));
+    let cpu_start = cpu_start.transpose()?;
     let figures = match phase {
         Phase::Plaintext => vec![(
             Metric::PlaintextGbps,
@@ -101,11 +109,13 @@ pub async fn measure(
         Phase::IdlePlaintext | Phase::IdleMtls => unreachable!("handled above"),
     };
     let cpu_percent = match (target.process, cpu_start) {
-        (Some(process), Some(start)) => Some(process.cpu_percent(&start)?),
+        (Some(process), Some((proxy_start, harness_start))) => {
+            Some((process.cpu_percent(&proxy_start)?, harness.cpu_percent(&harness_start)?))
+        }
         _ => None,
     };
     let mut figures = figures;
-    if let (Some(&(Metric::HandshakesPerSecond, rate)), Some(cpu)) = (figures.first(), cpu_percent) {
+    if let (Some(&(Metric::HandshakesPerSecond, rate)), Some((cpu, _))) = (figures.first(), cpu_percent) {
         figures.push((Metric::HandshakesPerCpuSecond, rate / (cpu / 100.0).max(0.01)));
     }
     Ok(Measurement { figures, cpu_percent })

@@ -12,7 +12,8 @@ use crate::proxies::TargetKind;
 #[derive(Default)]
 pub struct Results {
     figures: BTreeMap<(Metric, TargetKind), BTreeMap<usize, f64>>,
-    cpu: BTreeMap<(Phase, TargetKind), Vec<f64>>,
+    /// (proxy, harness) CPU percent per run.
+    cpu: BTreeMap<(Phase, TargetKind), Vec<(f64, f64)>>,
 }
 
 /// The product targets of the task (PRODUCT.md budgets for the data path).
@@ -140,7 +141,7 @@ impl Results {
         self.figures.entry((metric, kind)).or_default().insert(run, value);
     }
 
-    pub fn record_cpu(&mut self, phase: Phase, kind: TargetKind, percent: f64) {
+    pub fn record_cpu(&mut self, phase: Phase, kind: TargetKind, percent: (f64, f64)) {
         self.cpu.entry((phase, kind)).or_default().push(percent);
     }
 
@@ -149,6 +150,7 @@ impl Results {
         let values = self.figures.get(&(row.metric, kind))?;
         let values: Vec<f64> = match row.added_over {
             None => values.values().copied().collect(),
+            Some(_) if kind == TargetKind::Direct => return None,
             Some(base) => {
                 let direct = self.figures.get(&(base, TargetKind::Direct))?;
                 values
@@ -164,7 +166,7 @@ impl Results {
     pub fn table(&self) -> String {
         let mut out = String::from(concat!(
             "| load | direct | peerguard | HAProxy | peerguard/direct | peerguard/HAProxy ",
-            "| target | met? | CPU peerguard | CPU HAProxy |\n",
+            "| target | met? | CPU peerguard / harness | CPU HAProxy / harness |\n",
             "|---|---|---|---|---|---|---|---|---|---|\n",
         ));
         for row in &ROWS {
@@ -180,8 +182,12 @@ impl Results {
             };
             let (target, met) = verdict(row.goal, ours, direct, haproxy);
             let cpu = |k| {
-                median(self.cpu.get(&(row.metric.phase(), k)).cloned().unwrap_or_default())
-                    .map_or("—".to_string(), |c| format!("{c:.0}%"))
+                let runs = self.cpu.get(&(row.metric.phase(), k)).cloned().unwrap_or_default();
+                let proxy = median(runs.iter().map(|c| c.0).collect());
+                let harness = median(runs.iter().map(|c| c.1).collect());
+                proxy
+                    .zip(harness)
+                    .map_or("—".to_string(), |(p, h)| format!("{p:.0}% / {h:.0}%"))
             };
             let _ = writeln!(
                 out,
