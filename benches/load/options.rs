@@ -1,0 +1,71 @@
+//! The harness's command line (after `cargo bench --bench load --`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Whole-proxy load: the app direct, through peerguard and through HAProxy, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "load")]
+pub struct Options {
+    /// Seconds each timed phase runs, per target.
+    #[arg(long, default_value = "2")]
+    pub seconds: f64,
+    /// Runs; the table shows the median of each figure.
+    #[arg(long, default_value = "3")]
+    pub runs: usize,
+    /// Phases to run (all by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Phase>,
+    /// Idle connections held open by the memory phases.
+    #[arg(long, default_value = "2000")]
+    pub idle_connections: usize,
+    /// Concurrent clients of the handshake phase.
+    #[arg(long, default_value = "16")]
+    pub concurrency: usize,
+    /// The peerguard binary under test (`cargo build --release` makes it).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/peerguard"))]
+    pub peerguard: PathBuf,
+    /// Leave HAProxy out even when `haproxy` is on PATH.
+    #[arg(long)]
+    pub no_haproxy: bool,
+    /// `cargo bench` passes this to every bench; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+impl Options {
+    pub fn phase_time(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+
+    pub fn phases(&self) -> Vec<Phase> {
+        if self.only.is_empty() {
+            Phase::value_variants().to_vec()
+        } else {
+            self.only.clone()
+        }
+    }
+}
+
+/// One kind of load. Memory phases come first so each proxy is measured fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Phase {
+    /// Idle plaintext connections: proxy RSS per connection.
+    IdlePlaintext,
+    /// Idle mTLS connections (handshake done): proxy RSS per connection.
+    IdleMtls,
+    /// One plaintext connection streaming to a discarding app.
+    Plaintext,
+    /// One TLS connection (ALPN h2) passed through to the app, which terminates it.
+    Tls,
+    /// One mTLS connection (ALPN istio) terminated by the proxy.
+    Mtls,
+    /// 128 B request/response over one plaintext connection.
+    RrPlaintext,
+    /// 128 B request/response over one mTLS connection.
+    RrMtls,
+    /// Full mTLS handshakes (no resumption) from concurrent clients.
+    Handshakes,
+}
