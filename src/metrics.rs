@@ -226,14 +226,14 @@ impl Metrics {
         self.connections.get_or_create(&labels).inc();
         self.bytes_to_app.inc_by(record.to_app);
         self.bytes_to_client.inc_by(record.to_client);
-        if let Some(size) = record.client_hello_bytes {
-            self.client_hello_bytes.observe(size as f64);
+        if let Some(tls) = &record.tls {
+            self.client_hello_bytes.observe(tls.client_hello_bytes as f64);
+            if let Some(handshake) = tls.handshake_time {
+                self.handshake_seconds.observe(handshake.as_secs_f64());
+            }
         }
         if let Some(sniff) = record.sniff_time {
             self.sniff_seconds.observe(sniff.as_secs_f64());
-        }
-        if let Some(handshake) = record.handshake_time {
-            self.handshake_seconds.observe(handshake.as_secs_f64());
         }
     }
 

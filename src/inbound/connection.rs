@@ -18,6 +18,7 @@ use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::policy::MtlsMode;
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+use crate::tls::client_hello::ClientHello;
 
 /// What every connection handler shares: the live policy and credentials and the limits.
 pub struct DataPath {
@@ -31,7 +32,7 @@ impl DataPath {
     /// and returns its record.
     pub async fn serve(&self, mut client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
         let started = Instant::now();
-        let mut record = Record::new(source, app.port());
+        let mut record = Record::refused(source, app.port(), Reason::ClientClosedEarly);
         let policy = self.policy.current();
         let port = policy.port(app.port());
         record.mode = Some(port.mode);
@@ -55,43 +56,77 @@ impl DataPath {
                 }
             }
         };
-        if let Sniffed::Tls(hello) = &sniffed {
-            record.client_hello_bytes = Some(prefix.len());
-            record.sni = hello.sni.clone();
-            record.alpn = hello.alpn.clone();
-        }
-
         let decision = decide(port.mode, &sniffed, port.http_alpn);
         record.action = decision.action;
         record.reason = decision.reason;
-        match (decision.action, &sniffed) {
-            (Action::Refuse, _) => reset(client),
-            (Action::Passthrough, _) => self.connect_and_forward(client, prefix, app, &mut record).await,
-            (Action::Terminate, Sniffed::Tls(hello)) => {
-                let tls = self.tls.current();
-                let handshake_started = Instant::now();
-                match terminate(client, prefix, hello, &tls.acceptors, self.limits.handshake_timeout).await {
-                    Ok(terminated) => {
-                        record.handshake_time = Some(handshake_started.elapsed());
-                        record.peer = terminated.peer;
-                        record.negotiated_alpn = terminated.alpn;
-                        self.connect_and_forward(terminated.stream, Vec::new(), app, &mut record)
-                            .await;
-                    }
-                    Err(reason) => {
-                        record.action = Action::Refuse;
-                        record.reason = reason;
-                    }
+        let hello = match sniffed {
+            Sniffed::Tls(hello) => Some(hello),
+            _ => None,
+        };
+        match (decision.action, hello) {
+            (Action::Refuse, hello) => {
+                if let Some(hello) = hello {
+                    record.note_hello(hello, prefix.len());
                 }
+                reset(client);
+            }
+            (Action::Passthrough, hello) => {
+                if let Some(hello) = hello {
+                    record.note_hello(hello, prefix.len());
+                }
+                self.connect_and_forward(client, prefix, app, &mut record).await;
+            }
+            // Boxed: the handshake and the TLS stream are large, and a task is as big as its
+            // largest state; only terminated connections should pay for them.
+            (Action::Terminate, Some(hello)) => {
+                Box::pin(self.terminate_and_forward(client, prefix, hello, app, &mut record)).await
             }
             // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
-            (Action::Terminate, _) => {
+            (Action::Terminate, None) => {
                 record.action = Action::Refuse;
                 record.reason = Reason::HandshakeFailed;
             }
         }
         record.duration = started.elapsed();
         record
+    }
+
+    /// The mTLS handshake with the configuration that fits the client's ALPN list, then the
+    /// decrypted stream to the app.
+    async fn terminate_and_forward(
+        &self,
+        client: TcpStream,
+        prefix: Vec<u8>,
+        hello: ClientHello,
+        app: SocketAddr,
+        record: &mut Record,
+    ) {
+        let tls = self.tls.current();
+        let handshake_started = Instant::now();
+        let hello_size = prefix.len();
+        let handshake = terminate(
+            client,
+            prefix,
+            &hello.alpn,
+            &tls.acceptors,
+            self.limits.handshake_timeout,
+        )
+        .await;
+        drop(tls);
+        let details = record.note_hello(hello, hello_size);
+        match handshake {
+            Ok(terminated) => {
+                details.handshake_time = Some(handshake_started.elapsed());
+                details.peer = terminated.peer;
+                details.negotiated_alpn = terminated.alpn;
+                self.connect_and_forward(terminated.stream, Vec::new(), app, record)
+                    .await;
+            }
+            Err(reason) => {
+                record.action = Action::Refuse;
+                record.reason = reason;
+            }
+        }
     }
 
     /// Connects to the app, replays `prefix`, then copies both ways.

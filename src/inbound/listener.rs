@@ -10,6 +10,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::AppHost;
 use crate::inbound::connection::DataPath;
+use crate::inbound::outcome::Reason;
 use crate::inbound::record::Record;
 use crate::metrics::Metrics;
 use crate::net;
@@ -71,7 +72,7 @@ impl Listener {
                 let _active = metrics.connection_opened();
                 let record = match app_of(&route, &client) {
                     Ok(app) => data_path.serve(client, source, app).await,
-                    Err(own_port) => Record::new(source, own_port),
+                    Err(own_port) => Record::refused(source, own_port, Reason::OwnPort),
                 };
                 record.log();
                 metrics.connection_ended(&record);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::inbound::forward::End;
 use crate::inbound::outcome::{Action, Reason};
 use crate::policy::MtlsMode;
+use crate::tls::client_hello::ClientHello;
 use crate::tls::identity::SpiffeId;
 
 /// Everything known about one finished connection.
@@ -20,49 +21,65 @@ pub struct Record {
     pub policy: Option<Arc<str>>,
     pub action: Action,
     pub reason: Reason,
-    pub sni: Option<String>,
-    pub alpn: Vec<Vec<u8>>,
-    /// The ALPN protocol selected when peerguard terminated TLS.
-    pub negotiated_alpn: Option<Vec<u8>>,
-    pub peer: Option<SpiffeId>,
     pub to_app: u64,
     pub to_client: u64,
     /// How the byte copying ended, for connections that reached the app.
     pub end: Option<End>,
-    /// Size of the ClientHello read while classifying (TLS connections).
-    pub client_hello_bytes: Option<usize>,
     pub sniff_time: Option<Duration>,
-    pub handshake_time: Option<Duration>,
     pub duration: Duration,
+    /// What TLS brought, for connections that began with a ClientHello. Boxed: the record
+    /// lives as long as its connection, and a plaintext connection idling for hours should not
+    /// carry room for TLS details.
+    pub tls: Option<Box<TlsRecord>>,
+}
+
+/// The TLS side of a record.
+#[derive(Debug, Clone, Default)]
+pub struct TlsRecord {
+    pub sni: Option<String>,
+    /// ALPN protocol IDs as offered, in the client's order.
+    pub alpn: Vec<Vec<u8>>,
+    /// Size of the ClientHello read while classifying.
+    pub client_hello_bytes: usize,
+    /// The ALPN protocol selected when peerguard terminated TLS.
+    pub negotiated_alpn: Option<Vec<u8>>,
+    pub peer: Option<SpiffeId>,
+    pub handshake_time: Option<Duration>,
 }
 
 impl Record {
-    /// A record for a connection that has only just been accepted: refused, nothing moved.
-    pub fn new(source: SocketAddr, workload_port: u16) -> Self {
+    /// A connection that is refused for `reason` unless what follows says otherwise.
+    pub fn refused(source: SocketAddr, workload_port: u16, reason: Reason) -> Self {
         Record {
             source,
             workload_port,
             mode: None,
             policy: None,
             action: Action::Refuse,
-            reason: Reason::OwnPort,
-            sni: None,
-            alpn: Vec::new(),
-            negotiated_alpn: None,
-            peer: None,
+            reason,
             to_app: 0,
             to_client: 0,
             end: None,
-            client_hello_bytes: None,
             sniff_time: None,
-            handshake_time: None,
             duration: Duration::ZERO,
+            tls: None,
         }
+    }
+
+    /// Keeps what the ClientHello (of `size` bytes) offered, for the log and the metrics.
+    pub fn note_hello(&mut self, hello: ClientHello, size: usize) -> &mut TlsRecord {
+        self.tls.insert(Box::new(TlsRecord {
+            sni: hello.sni,
+            alpn: hello.alpn,
+            client_hello_bytes: size,
+            ..TlsRecord::default()
+        }))
     }
 
     /// Writes the access-log line (target `peerguard::access`).
     pub fn log(&self) {
-        let alpn = join_alpns(&self.alpn);
+        let tls = self.tls.as_deref();
+        let alpn = tls.map(|t| join_alpns(&t.alpn)).unwrap_or_default();
         tracing::info!(
             target: "peerguard::access",
             source = %self.source,
@@ -71,16 +88,16 @@ impl Record {
             policy = %self.policy.as_deref().unwrap_or("-"),
             action = %self.action.as_str(),
             reason = %self.reason.as_str(),
-            sni = %self.sni.as_deref().unwrap_or("-"),
+            sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
             alpn = %if alpn.is_empty() { "-" } else { alpn.as_str() },
-            negotiated_alpn = %self.negotiated_alpn.as_deref().map(String::from_utf8_lossy).unwrap_or("-".into()),
-            peer = %self.peer.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
+            negotiated_alpn = %tls.and_then(|t| t.negotiated_alpn.as_deref()).map(String::from_utf8_lossy).unwrap_or("-".into()),
+            peer = %tls.and_then(|t| t.peer.as_ref()).map_or_else(|| "-".to_string(), ToString::to_string),
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
             end = %self.end.map_or("-", End::as_str),
-            client_hello_bytes = self.client_hello_bytes.unwrap_or(0),
+            client_hello_bytes = tls.map_or(0, |t| t.client_hello_bytes),
             sniff_ms = self.sniff_time.map_or(0.0, millis),
-            handshake_ms = self.handshake_time.map_or(0.0, millis),
+            handshake_ms = tls.and_then(|t| t.handshake_time).map_or(0.0, millis),
             duration_ms = millis(self.duration),
             "connection"
         );

@@ -8,8 +8,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inbound::outcome::Reason;
 use crate::inbound::prefixed::PrefixedIo;
-use crate::tls::client_hello::ClientHello;
-use crate::tls::identity::{spiffe_ids_of, SpiffeId};
+use crate::tls::identity::SpiffeId;
 use crate::tls::server_config::{handshake_failure_reason, TlsAcceptors};
 
 /// A finished handshake: the decrypted stream and who is on the other end.
@@ -23,15 +22,15 @@ pub struct Terminated {
 }
 
 /// Runs the server handshake on `tcp`, replaying `prefix` (the ClientHello already read), with
-/// the server configuration whose ALPN list fits what the client offered.
+/// the server configuration whose ALPN list fits `offered_alpn`, the client's.
 pub async fn terminate(
     tcp: TcpStream,
     prefix: Vec<u8>,
-    hello: &ClientHello,
+    offered_alpn: &[Vec<u8>],
     acceptors: &TlsAcceptors,
     timeout: Duration,
 ) -> Result<Terminated, Reason> {
-    let acceptor = TlsAcceptor::from(acceptors.config_for(&hello.alpn));
+    let acceptor = TlsAcceptor::from(acceptors.config_for(offered_alpn));
     let handshake = acceptor.accept(PrefixedIo::new(prefix, tcp));
     let stream = match tokio::time::timeout(timeout, handshake).await {
         Err(_elapsed) => return Err(Reason::HandshakeTimeout),
@@ -39,10 +38,7 @@ pub async fn terminate(
         Ok(Ok(stream)) => stream,
     };
     let (_, connection) = stream.get_ref();
-    let peer = connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| spiffe_ids_of(leaf).into_iter().next());
+    let peer = acceptors.peer_identity(connection);
     let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
     Ok(Terminated { stream, peer, alpn })
 }
