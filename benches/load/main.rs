@@ -37,6 +37,10 @@ const FD_SLACK: u64 = 1024;
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    if !options.bench {
+        println!("the load harness runs under `cargo bench --bench load` (after `cargo build --release`)");
+        return Ok(());
+    }
     // Before the runtime starts a thread: every thread of this process inherits the pinning.
     host::pin_self().context("pinning the harness to core 0 with taskset")?;
     // An mTLS connection through HAProxy holds four descriptors there; here, two per connection.

@@ -30,7 +30,8 @@ pub struct Options {
     /// Leave HAProxy out even when `haproxy` is on PATH.
     #[arg(long)]
     pub no_haproxy: bool,
-    /// `cargo bench` passes this to every bench; ignored.
+    /// `cargo bench` passes this to every bench; without it (`cargo test --all-targets` runs
+    /// benches as tests) the harness only says how to run it.
     #[arg(long, hide = true)]
     pub bench: bool,
 }
