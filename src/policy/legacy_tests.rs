@@ -1,8 +1,8 @@
 //! Legacy resolution and the eras, in the terms of PRODUCT.md §1.5. The workload is the Istio
 //! samples' httpbin: Service port 8000 (`http`) -> container port 80.
 
-use crate::policy::test_support::{legacy, peer, policies, service, verdict, workload, ROOT};
-use crate::policy::MtlsMode::{self, Disable, Permissive, Strict};
+use crate::policy::test_support::{legacy, peer, policies, run_cases, service, workload, Case, ROOT};
+use crate::policy::MtlsMode::{Disable, Permissive, Strict};
 
 const MTLS: &str = "{peers: [{mtls: {}}]}";
 const NO_PEERS: &str = "{}";
@@ -24,20 +24,9 @@ fn policy(namespace: &str, name: &str, spec: &str) -> String {
     legacy("Policy", namespace, name, spec)
 }
 
-struct Case {
-    name: &'static str,
-    documents: Vec<String>,
-    port: u16,
-    expect: (MtlsMode, &'static str),
-}
-
+/// The tables' workload: httpbin in namespace bar.
 fn run(cases: Vec<Case>) {
-    for case in cases {
-        let set = policies(&case.documents);
-        let httpbin = workload("bar", &[("app", "httpbin"), ("version", "v1")]);
-        let (mode, source) = verdict(&set.resolve(&httpbin, case.port));
-        assert_eq!((mode, source.as_str()), case.expect, "{}", case.name);
-    }
+    run_cases(&workload("bar", &[("app", "httpbin"), ("version", "v1")]), cases);
 }
 
 #[test]

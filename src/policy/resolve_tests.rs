@@ -1,32 +1,21 @@
 //! Modern resolution, in the terms of PRODUCT.md §1.3-1.4. The first table mirrors the cases of
 //! Istio's `TestComposePeerAuthentication`.
 
-use crate::policy::test_support::{peer, peer_annotated, peer_created, policies, verdict, workload, ROOT};
-use crate::policy::MtlsMode::{self, Disable, Permissive, Strict};
+use crate::policy::test_support::{peer, peer_annotated, peer_created, policies, run_cases, workload, Case, ROOT};
+use crate::policy::MtlsMode::{Disable, Permissive, Strict};
 
 const STRICT: &str = "{mtls: {mode: STRICT}}";
 const PERMISSIVE: &str = "{mtls: {mode: PERMISSIVE}}";
 const DISABLE: &str = "{mtls: {mode: DISABLE}}";
 const UNSET: &str = "{mtls: {mode: UNSET}}";
 
-struct Case {
-    name: &'static str,
-    documents: Vec<String>,
-    port: u16,
-    expect: (MtlsMode, &'static str),
-}
-
 fn finance(mode: &str) -> String {
     format!("{{selector: {{matchLabels: {{app: finance}}}}, mtls: {{mode: {mode}}}}}")
 }
 
+/// The tables' workload: finance in namespace foo.
 fn run(cases: Vec<Case>) {
-    let finance_workload = workload("foo", &[("app", "finance"), ("version", "v1")]);
-    for case in cases {
-        let set = policies(&case.documents);
-        let (mode, source) = verdict(&set.resolve(&finance_workload, case.port));
-        assert_eq!((mode, source.as_str()), case.expect, "{}", case.name);
-    }
+    run_cases(&workload("foo", &[("app", "finance"), ("version", "v1")]), cases);
 }
 
 #[test]

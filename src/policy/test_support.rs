@@ -63,6 +63,23 @@ pub(crate) fn workload(namespace: &str, labels: &[(&str, &str)]) -> Workload {
     }
 }
 
+/// One row of a resolution table: documents, the port asked about, and the expected verdict.
+pub(crate) struct Case {
+    pub name: &'static str,
+    pub documents: Vec<String>,
+    pub port: u16,
+    pub expect: (MtlsMode, &'static str),
+}
+
+/// Resolves every row for `workload` and checks its verdict.
+pub(crate) fn run_cases(workload: &Workload, cases: Vec<Case>) {
+    for case in cases {
+        let set = policies(&case.documents);
+        let (mode, source) = verdict(&set.resolve(workload, case.port));
+        assert_eq!((mode, source.as_str()), case.expect, "{}", case.name);
+    }
+}
+
 /// `(mode, "Kind namespace/name level")`, or an empty text when no policy set the mode.
 pub(crate) fn verdict(policy: &PortPolicy) -> (MtlsMode, String) {
     let source = policy
