@@ -9,11 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use harness::{
-    config_dump, echo_app, echoes, eventually, get, metric_reaches, namespace_policy, sample, start,
-    strict_port_policy, Binary, KubeMount,
-};
+use harness::{config_dump, echo_app, echoes, start, strict_port_policy, Binary, KubeMount};
+use support::admin::{eventually, get, metric_reaches, sample};
 use support::pki::{mesh_id, server_name, Pki, TestDir, VALIDITY};
+use support::proxy::namespace_policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -136,7 +135,7 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
     let app = setup.app;
     let mut policy = KubeMount::new(
         &setup.dir.path().join("policy"),
-        &[("policy.yaml", &namespace_policy("PERMISSIVE"))],
+        &[("policy.yaml", &namespace_policy("PERMISSIVE", false))],
     );
     let policy_dir = policy.path().display().to_string();
     let running = start(&setup.args(&["--policy", &policy_dir])).await;
@@ -149,7 +148,7 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
     let mut open = TcpStream::connect(proxy).await.unwrap();
     assert!(echoes(&mut open, b"before the reload").await);
 
-    policy.update(&[("policy.yaml", &namespace_policy("STRICT"))]);
+    policy.update(&[("policy.yaml", &namespace_policy("STRICT", false))]);
     let dump = eventually("config_dump to show the reloaded policy", || async {
         let dump = config_dump(running.admin).await;
         (dump["policy"]["generation"] == 2).then_some(dump)
@@ -171,11 +170,11 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
 #[tokio::test]
 async fn a_broken_policy_file_keeps_the_last_good_policy_and_counts_the_failure() {
     let setup = Setup::new("ops-broken").await;
-    let policy_file = setup.write_policy(&namespace_policy("PERMISSIVE"));
+    let policy_file = setup.write_policy(&namespace_policy("PERMISSIVE", false));
     let policy = policy_file.display().to_string();
     let running = start(&setup.args(&["--policy", &policy])).await;
 
-    std::fs::write(&policy_file, namespace_policy("strict")).unwrap();
+    std::fs::write(&policy_file, namespace_policy("strict", false)).unwrap();
     metric_reaches(running.admin, "peerguard_policy_reloads_total{result=\"failed\"}", 1.0).await;
 
     let dump = config_dump(running.admin).await;
@@ -319,7 +318,7 @@ async fn accepting_pauses_at_the_connection_cap_and_resumes() {
     );
 
     drop(first);
-    tokio::time::timeout(harness::DEADLINE, third.read_exact(&mut back))
+    tokio::time::timeout(support::admin::DEADLINE, third.read_exact(&mut back))
         .await
         .expect("accepting resumes once a connection ends")
         .unwrap();
@@ -354,7 +353,7 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
 async fn sighup_reloads_policy_and_certificates() {
     let setup = Setup::new("ops-sighup").await;
     let policy = setup
-        .write_policy(&namespace_policy("PERMISSIVE"))
+        .write_policy(&namespace_policy("PERMISSIVE", false))
         .display()
         .to_string();
     let proxy = Binary::start(&setup.args(&["--policy", &policy])).await;

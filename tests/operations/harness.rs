@@ -2,23 +2,20 @@
 //! a plain HTTP/1.1 GET for the admin and health endpoints, polling with a deadline, and
 //! policy and certificate files laid out the way kubelet mounts ConfigMaps and Secrets.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
 
 use peerguard::app::Running;
+
+use crate::support::admin::DEADLINE;
+use crate::support::admin::{eventually, get};
+use crate::support::proxy::{namespace_policy, start_run_line};
 use peerguard::certs::IssuedCert;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-
-/// Longest any awaited condition may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-const POLL: Duration = Duration::from_millis(50);
 
 /// Every test's workload: `--namespace default --labels app=web`.
 const WORKLOAD: [&str; 4] = ["--namespace", "default", "--labels", "app=web"];
@@ -39,71 +36,11 @@ pub async fn echo_app() -> SocketAddr {
     addr
 }
 
-/// Waits until `check` gives `Some`, polling; fails the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// An HTTP answer: status code and body.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
-
-/// `GET path` over a fresh connection, as a probe or scraper does.
-pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(DEADLINE, exchange).await??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    Ok(Answer {
-        status,
-        body: body.to_string(),
-    })
-}
-
 /// `/config_dump` as JSON.
 pub async fn config_dump(admin: SocketAddr) -> Value {
     let answer = get(admin, "/config_dump").await.expect("GET /config_dump");
     assert_eq!(answer.status, 200, "{}", answer.body);
     serde_json::from_str(&answer.body).expect("config_dump is JSON")
-}
-
-/// The value of the sample `series` (name and labels, exactly as exposed) in a scrape.
-pub fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
-/// Waits until the scrape of `admin` shows `series` at `value`.
-pub async fn metric_reaches(admin: SocketAddr, series: &str, value: f64) {
-    eventually(&format!("{series} to reach {value}"), || async {
-        let scrape = get(admin, "/stats/prometheus").await.ok()?.body;
-        (sample(&scrape, series) == Some(value)).then_some(())
-    })
-    .await
 }
 
 /// Sends `message` and says whether it came back: what a connection that flows does.
@@ -118,6 +55,13 @@ pub async fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
     )
 }
 
+/// Starts the proxy in this process; admin and health on free ports.
+pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
+    let mut line = run_line(&["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
+    line.extend(args.iter().map(|a| a.as_ref().to_string()));
+    start_run_line(&line).await
+}
+
 /// The `run` command line of every in-process test: no transparent listener, admin and
 /// health on free loopback ports, the test workload, then `args`.
 fn run_line(args: &[&str]) -> Vec<String> {
@@ -127,39 +71,9 @@ fn run_line(args: &[&str]) -> Vec<String> {
     line.into_iter().map(String::from).collect()
 }
 
-/// Starts the proxy in this process; admin and health on free ports.
-pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
-    let mut line = run_line(&["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
-    line.extend(args.iter().map(|a| a.as_ref().to_string()));
-    let peerguard::cli::Command::Run(run) = <peerguard::cli::Cli as clap::Parser>::try_parse_from(&line)
-        .expect("test command line parses")
-        .command
-    else {
-        panic!("not a run command line");
-    };
-    let config = peerguard::config::Config::from_args(&run).expect("valid config");
-    let workload = peerguard::policy::Workload::from_args(&run.workload).expect("valid workload");
-    peerguard::app::start(&config, workload).await.expect("proxy starts")
-}
-
-/// A namespace-wide PeerAuthentication in the test namespace.
-pub fn namespace_policy(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata:
-  name: default
-  namespace: default
-spec:
-  mtls:
-    mode: {mode}
-"
-    )
-}
-
 /// The namespace PERMISSIVE, and `strict_port` of the test workload STRICT.
 pub fn strict_port_policy(strict_port: u16) -> String {
-    namespace_policy("PERMISSIVE")
+    namespace_policy("PERMISSIVE", false)
         + &format!(
             "---
 apiVersion: security.istio.io/v1

@@ -57,15 +57,22 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
     let (policy_arg, cert_arg) = (policy_file.display().to_string(), certs.display().to_string());
     line.extend(["--policy", &policy_arg, "--cert-dir", &cert_arg]);
     line.extend(extra);
-    let Command::Run(args) = Cli::try_parse_from(&line).expect("run command line").command else {
-        panic!("not a run command");
-    };
-    let config = peerguard::config::Config::from_args(&args).expect("config");
-    let workload = peerguard::policy::Workload::from_args(&args.workload).expect("workload");
-    let running = peerguard::app::start(&config, workload).await.expect("proxy starts");
+    let running = start_run_line(&line).await;
     Proxy {
         addr: running.explicit[0],
         running,
         dir,
     }
+}
+
+/// Starts peerguard in this process from a `peerguard run ...` command line, through the same
+/// parsing and validation as the binary.
+pub async fn start_run_line<S: AsRef<str>>(line: &[S]) -> Running {
+    let line: Vec<&str> = line.iter().map(AsRef::as_ref).collect();
+    let Command::Run(args) = Cli::try_parse_from(&line).expect("run command line").command else {
+        panic!("not a run command");
+    };
+    let config = peerguard::config::Config::from_args(&args).expect("config");
+    let workload = peerguard::policy::Workload::from_args(&args.workload).expect("workload");
+    peerguard::app::start(&config, workload).await.expect("proxy starts")
 }
