@@ -6,6 +6,7 @@
 mod support;
 
 use peerguard::certs::IssuedCert;
+use support::admin::counted;
 use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, tls_exchange, TlsExchange};
 use support::pki::Pki;
@@ -44,8 +45,8 @@ enum Expect {
     AppTls,
     /// The app gets the plaintext as sent.
     Plaintext,
-    /// The client fails and the app never sees a connection.
-    Refused,
+    /// The client fails, the app never sees a connection, and the proxy counts this reason.
+    Refused(&'static str),
 }
 
 const MESH_ALPNS: [&str; 3] = ["istio-peer-exchange", "istio", "http/1.1"];
@@ -89,7 +90,9 @@ async fn check(policy: &str, client: Client, expect: Expect) {
                     "{context}"
                 );
             }
-            Expect::Refused => assert_refused(reply.map(|r| r.is_empty()), &app, &context),
+            Expect::Refused(reason) => {
+                assert_refused(reply.map(|r| r.is_empty()), &app, &proxy, reason, &context).await
+            }
             _ => panic!("{context}: not a plaintext outcome"),
         }
         return;
@@ -128,18 +131,22 @@ async fn check(policy: &str, client: Client, expect: Expect) {
                 "{context}: the app got the client's ClientHello byte for byte"
             );
         }
-        Expect::Refused => assert_refused(exchange.map(|e| e.reply.is_empty()), &app, &context),
+        Expect::Refused(reason) => {
+            assert_refused(exchange.map(|e| e.reply.is_empty()), &app, &proxy, reason, &context).await
+        }
         Expect::Plaintext => panic!("{context}: not a TLS outcome"),
     }
     drop(proxy);
 }
 
-/// The client got an error or nothing at all, and the app never saw a connection.
-fn assert_refused(result: std::io::Result<bool>, app: &TestApp, context: &str) {
+/// The client got an error or nothing at all, the app never saw a connection, and the proxy
+/// counted the refusal with `reason`.
+async fn assert_refused(result: std::io::Result<bool>, app: &TestApp, proxy: &Proxy, reason: &str, context: &str) {
     match result {
         Err(_) | Ok(true) => {}
         Ok(false) => panic!("{context}: the client got a reply"),
     }
+    counted(proxy.running.admin, "refuse", reason).await;
     assert_eq!(
         app.accepted(),
         0,
@@ -158,15 +165,18 @@ async fn strict_terminates_every_tls_client_with_a_mesh_certificate_and_refuses_
     check_all(
         &namespace_policy("STRICT", false),
         &[
-            (Client::Plaintext, Expect::Refused),
+            (Client::Plaintext, Expect::Refused("plaintext_on_strict")),
             (Client::MeshPeer, Expect::Terminated(Some("http/1.1"))),
             (Client::IstioMarkerOnly, Expect::Terminated(None)),
             (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("h2"))),
-            (Client::HttpAlpnNoCert, Expect::Refused),
-            (Client::NoAlpn, Expect::Refused),
-            (Client::MeshAlpnNoCert, Expect::Refused),
-            (Client::ForeignCa, Expect::Refused),
-            (Client::OtherTrustDomain, Expect::Refused),
+            (Client::HttpAlpnNoCert, Expect::Refused("client_cert_missing")),
+            (Client::NoAlpn, Expect::Refused("client_cert_missing")),
+            (Client::MeshAlpnNoCert, Expect::Refused("client_cert_missing")),
+            (Client::ForeignCa, Expect::Refused("client_cert_untrusted")),
+            (
+                Client::OtherTrustDomain,
+                Expect::Refused("client_cert_wrong_trust_domain"),
+            ),
         ],
     )
     .await;
@@ -183,9 +193,12 @@ async fn permissive_terminates_mesh_alpns_and_passes_everything_else_untouched()
             (Client::HttpAlpnWithMeshCert, Expect::AppTls),
             (Client::HttpAlpnNoCert, Expect::AppTls),
             (Client::NoAlpn, Expect::AppTls),
-            (Client::MeshAlpnNoCert, Expect::Refused),
-            (Client::ForeignCa, Expect::Refused),
-            (Client::OtherTrustDomain, Expect::Refused),
+            (Client::MeshAlpnNoCert, Expect::Refused("client_cert_missing")),
+            (Client::ForeignCa, Expect::Refused("client_cert_untrusted")),
+            (
+                Client::OtherTrustDomain,
+                Expect::Refused("client_cert_wrong_trust_domain"),
+            ),
         ],
     )
     .await;
@@ -218,11 +231,14 @@ async fn the_http_alpn_annotation_makes_standard_http_alpns_mesh_traffic_on_perm
             (Client::Plaintext, Expect::Plaintext),
             (Client::MeshPeer, Expect::Terminated(Some("http/1.1"))),
             (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("h2"))),
-            (Client::HttpAlpnNoCert, Expect::Refused),
+            (Client::HttpAlpnNoCert, Expect::Refused("client_cert_missing")),
             (Client::NoAlpn, Expect::AppTls),
-            (Client::MeshAlpnNoCert, Expect::Refused),
-            (Client::ForeignCa, Expect::Refused),
-            (Client::OtherTrustDomain, Expect::Refused),
+            (Client::MeshAlpnNoCert, Expect::Refused("client_cert_missing")),
+            (Client::ForeignCa, Expect::Refused("client_cert_untrusted")),
+            (
+                Client::OtherTrustDomain,
+                Expect::Refused("client_cert_wrong_trust_domain"),
+            ),
         ],
     )
     .await;

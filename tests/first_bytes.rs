@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use support::admin::counted;
 use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, STEP};
 use support::pki::Pki;
@@ -115,6 +116,7 @@ async fn a_hello_over_the_size_cap_is_refused_and_never_reaches_the_app() {
     .await;
     let reply = plaintext_exchange(proxy.addr, &large_hello()).await;
     assert!(reply.map(|r| r.is_empty()).unwrap_or(true), "nothing comes back");
+    counted(proxy.running.admin, "refuse", "client_hello_too_large").await;
     assert_eq!(app.accepted(), 0, "an oversized hello never reaches the app");
 }
 
@@ -131,6 +133,7 @@ async fn a_hello_under_the_cap_but_over_a_typical_size_passes() {
     tcp.shutdown().await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, tcp.read_to_end(&mut rest)).await;
+    counted(proxy.running.admin, "passthrough", "passthrough_tls").await;
     assert_eq!(app.accepted(), 1, "the long-ALPN hello was passed through to the app");
 }
 
@@ -144,6 +147,7 @@ async fn a_malformed_hello_is_refused_on_strict_ports() {
     let proxy = start_proxy(&pki, &namespace_policy("STRICT", false), app.addr, &[]).await;
     let reply = plaintext_exchange(proxy.addr, MALFORMED).await;
     assert!(reply.map(|r| r.is_empty()).unwrap_or(true));
+    counted(proxy.running.admin, "refuse", "client_hello_malformed").await;
     assert_eq!(app.accepted(), 0);
 }
 
@@ -157,6 +161,7 @@ async fn a_malformed_hello_is_passed_through_on_permissive_ports() {
     tcp.shutdown().await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, tcp.read_to_end(&mut rest)).await;
+    counted(proxy.running.admin, "passthrough", "client_hello_malformed").await;
     assert_eq!(app.accepted(), 1, "the app got the connection");
 }
 
@@ -209,6 +214,7 @@ async fn server_first_protocols_work_on_permissive_ports_after_the_sniff_timeout
         waited >= Duration::from_millis(300),
         "forwarded only once the sniff timeout passed: {waited:?}"
     );
+    counted(proxy.running.admin, "passthrough", "passthrough_server_first").await;
 }
 
 #[tokio::test]
@@ -225,6 +231,7 @@ async fn server_first_protocols_work_at_once_on_disable_ports() {
     .await;
     let (got, _) = greeting(proxy.addr).await;
     assert_eq!(got.as_deref(), Some(&b"220 server speaks first\r\n"[..]));
+    counted(proxy.running.admin, "passthrough", "passthrough_disabled").await;
 }
 
 #[tokio::test]
@@ -244,6 +251,7 @@ async fn a_silent_client_is_refused_on_strict_ports_after_the_sniff_timeout() {
         waited >= Duration::from_millis(300),
         "closed only once the sniff timeout passed: {waited:?}"
     );
+    counted(proxy.running.admin, "refuse", "sniff_timeout").await;
 }
 
 #[tokio::test]

@@ -73,3 +73,27 @@ pub async fn metric_reaches(admin: SocketAddr, series: &str, value: f64) {
     })
     .await
 }
+
+/// How many finished connections the proxy at `admin` counted with `action` and `reason`, on
+/// any port and in any mode.
+pub async fn connections_counted(admin: SocketAddr, action: &str, reason: &str) -> f64 {
+    let scrape = get(admin, "/stats/prometheus")
+        .await
+        .expect("scrape /stats/prometheus")
+        .body;
+    let labels = format!("action=\"{action}\",reason=\"{reason}\"");
+    scrape
+        .lines()
+        .filter(|line| line.starts_with("peerguard_connections_total{") && line.contains(&labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the proxy at `admin` has counted a connection with `action` and `reason`:
+/// what the test drove is what the proxy says happened.
+pub async fn counted(admin: SocketAddr, action: &str, reason: &str) {
+    eventually(&format!("a connection counted as {action}/{reason}"), || async {
+        (connections_counted(admin, action, reason).await >= 1.0).then_some(())
+    })
+    .await
+}
