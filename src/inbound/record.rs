@@ -1,5 +1,6 @@
 //! The one record every connection ends in (PRODUCT.md §2.7): logged once, counted once.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,20 +79,20 @@ impl Record {
 
     /// Writes the access-log line (target `peerguard::access`).
     pub fn log(&self) {
+        // Fields are Display wrappers, formatted only if the access log is enabled at all.
         let tls = self.tls.as_deref();
-        let alpn = tls.map(|t| join_alpns(&t.alpn)).unwrap_or_default();
         tracing::info!(
             target: "peerguard::access",
             source = %self.source,
             port = self.workload_port,
             mode = %self.mode.map_or("-", MtlsMode::as_str),
-            policy = %self.policy.as_deref().unwrap_or("-"),
+            policy = %OrDash(self.policy.as_deref()),
             action = %self.action.as_str(),
             reason = %self.reason.as_str(),
-            sni = %tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
-            alpn = %if alpn.is_empty() { "-" } else { alpn.as_str() },
-            negotiated_alpn = %tls.and_then(|t| t.negotiated_alpn.as_deref()).map(String::from_utf8_lossy).unwrap_or("-".into()),
-            peer = %tls.and_then(|t| t.peer.as_ref()).map_or_else(|| "-".to_string(), ToString::to_string),
+            sni = %OrDash(tls.and_then(|t| t.sni.as_deref())),
+            alpn = %AlpnList(tls.map_or(&[][..], |t| &t.alpn)),
+            negotiated_alpn = %AlpnList(tls.and_then(|t| t.negotiated_alpn.as_ref()).map_or(&[][..], std::slice::from_ref)),
+            peer = %OrDash(tls.and_then(|t| t.peer.as_ref())),
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
             end = %self.end.map_or("-", End::as_str),
@@ -108,11 +109,32 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// `h2,http/1.1`: ALPN IDs as the client offered them, lossy where not UTF-8.
-pub fn join_alpns(alpns: &[Vec<u8>]) -> String {
-    alpns
-        .iter()
-        .map(|p| String::from_utf8_lossy(p))
-        .collect::<Vec<_>>()
-        .join(",")
+/// `h2,http/1.1`: ALPN IDs in the client's order, lossy where not UTF-8; `-` for none.
+struct AlpnList<'a>(&'a [Vec<u8>]);
+
+impl fmt::Display for AlpnList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, protocol) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&String::from_utf8_lossy(protocol))?;
+        }
+        Ok(())
+    }
+}
+
+/// A value, or `-` when there is none, as every absent access-log field reads.
+struct OrDash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
