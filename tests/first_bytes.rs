@@ -284,3 +284,48 @@ async fn a_failed_connection_does_not_disturb_the_others() {
         "new connections still work"
     );
 }
+
+#[tokio::test]
+async fn random_first_bytes_never_take_the_proxy_down() {
+    use rand::{Rng, RngCore, SeedableRng};
+    let pki = Pki::new();
+    let app = TestApp::start().await;
+    let proxy = start_proxy(
+        &pki,
+        &namespace_policy("STRICT", false),
+        app.addr,
+        &["--sniff-timeout", "200ms"],
+    )
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..200 {
+        // Half of them look like a TLS handshake record, so the ClientHello parser gets them.
+        let mut bytes = vec![0u8; rng.random_range(1..600)];
+        rng.fill_bytes(&mut bytes);
+        if rng.random_bool(0.5) {
+            bytes[0] = 22;
+            if bytes.len() > 2 {
+                bytes[1] = 3;
+            }
+        }
+        let _ = plaintext_exchange(proxy.addr, &bytes).await;
+    }
+    let config = client_config(&["istio"], Some(&pki.mesh_client()));
+    let exchange = support::clients::tls_exchange(proxy.addr, config, b"still here").await;
+    assert_eq!(exchange.expect("mTLS after the garbage").reply, b"still here");
+    // Every garbage connection ends refused, with a reason from the closed set, and is counted.
+    let admin = proxy.running.admin;
+    support::admin::eventually("all 200 garbage connections counted", || async move {
+        let mut refused = 0.0;
+        for reason in [
+            "plaintext_on_strict",
+            "client_hello_malformed",
+            "client_closed_early",
+            "sniff_timeout",
+        ] {
+            refused += support::admin::connections_counted(admin, "refuse", reason).await;
+        }
+        (refused == 200.0).then_some(())
+    })
+    .await;
+}
