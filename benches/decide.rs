@@ -80,12 +80,12 @@ fn snapshot_port(c: &mut Criterion) {
         root_namespace: "istio-system".into(),
     };
     let snapshot = PolicySnapshot::new(1, workload, loaded);
-    assert_eq!(snapshot.port(9090).mode, MtlsMode::Disable);
-    assert_eq!(snapshot.port(443).mode, MtlsMode::Strict);
+    assert_eq!(snapshot.port(9090).policy.mode, MtlsMode::Disable);
+    assert_eq!(snapshot.port(443).policy.mode, MtlsMode::Strict);
 
     let mut group = c.benchmark_group("policy_snapshot_port");
     for (name, port) in [("named_port", 8080u16), ("other_port", 443)] {
-        group.bench_function(name, |b| b.iter(|| snapshot.port(black_box(port)).mode));
+        group.bench_function(name, |b| b.iter(|| snapshot.port(black_box(port)).policy.mode));
     }
     group.finish();
 }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -64,10 +64,10 @@ impl Readiness {
             return Err(NotReady::Starting);
         }
         let tls = self.tls.current();
-        if now > tls.not_after {
+        if tls.is_expired(now) {
             return Err(NotReady::CertificateExpired {
                 serial: tls.serial.clone(),
-                not_after: tls.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                not_after: crate::state::unix_seconds(tls.not_after),
             });
         }
         Ok(())

@@ -10,7 +10,7 @@
 //! allocation once the series exists) and a few atomic adds on handles resolved at start-up.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -254,7 +254,7 @@ impl Metrics {
 
     /// The expiry of the certificate in use, set at start and by every successful reload.
     pub fn certificate_in_force(&self, not_after: SystemTime) {
-        let unix = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let unix = crate::state::unix_seconds(not_after);
         self.certificate_expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::policy::{Loaded, MtlsMode, PortPolicy, Workload};
+use crate::policy::{Loaded, PortPolicy, Workload};
 use crate::tls::credentials::Credentials;
 use crate::tls::identity::SpiffeId;
 use crate::tls::server_config::TlsAcceptors;
@@ -34,20 +34,15 @@ impl<T> Live<T> {
     pub fn replace(&self, value: T) {
         self.tx.send_replace(Arc::new(value));
     }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<T>> {
-        self.tx.subscribe()
-    }
 }
 
 /// The effective mode of one workload port, with what the access log says about its source.
 #[derive(Debug, Clone)]
 pub struct PortMode {
-    pub mode: MtlsMode,
-    pub http_alpn: bool,
+    /// Mode, source and annotation, as resolution gave them.
+    pub policy: PortPolicy,
     /// `PeerAuthentication foo/finance (workload)`, formatted once per policy generation.
     pub label: Arc<str>,
-    pub policy: PortPolicy,
 }
 
 impl PortMode {
@@ -56,12 +51,7 @@ impl PortMode {
             Some(s) => format!("{} {}/{} ({})", s.kind, s.namespace, s.name, s.level.as_str()).into(),
             None => "default (no policy applies)".into(),
         };
-        PortMode {
-            mode: policy.mode,
-            http_alpn: policy.http_alpn,
-            label,
-            policy,
-        }
+        PortMode { policy, label }
     }
 }
 
@@ -112,6 +102,12 @@ impl PolicySnapshot {
     }
 }
 
+/// Seconds since the Unix epoch (0 for earlier times), as `/config_dump`, readiness and the
+/// expiry metric show certificate times.
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// One loaded set of workload credentials, ready for handshakes.
 pub struct TlsSnapshot {
     pub generation: u64,
@@ -122,6 +118,11 @@ pub struct TlsSnapshot {
 }
 
 impl TlsSnapshot {
+    /// Whether the workload certificate has expired at `now`: readiness and `/config_dump` ask.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        now > self.not_after
+    }
+
     pub fn new(
         generation: u64,
         credentials: &Credentials,

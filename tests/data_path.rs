@@ -257,4 +257,5 @@ async fn a_down_app_closes_the_client_connection() {
         reply.map(|r| r.is_empty()).unwrap_or(true),
         "nothing comes back from an app that is not there"
     );
+    counted(proxy.running.admin, "refuse", "upstream_connect_failed").await;
 }

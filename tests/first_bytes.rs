@@ -15,7 +15,7 @@ use support::admin::counted;
 use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, STEP};
 use support::pki::Pki;
-use support::proxy::{namespace_policy, start_proxy};
+use support::proxy::{namespace_policy, start_proxy, Proxy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -172,7 +172,7 @@ async fn server_first_app() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let _ = stream.write_all(b"220 server speaks first\r\n").await;
+                let _ = stream.write_all(GREETING).await;
                 let (mut r, mut w) = stream.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             });
@@ -197,61 +197,66 @@ async fn greeting(addr: SocketAddr) -> (Option<Vec<u8>>, Duration) {
     (got, started.elapsed())
 }
 
-#[tokio::test]
-async fn server_first_protocols_work_on_permissive_ports_after_the_sniff_timeout() {
+/// A server-first app behind a proxy whose namespace is in `mode`, and what a client that
+/// sends nothing got from it.
+struct ServerFirst {
+    greeting: Option<Vec<u8>>,
+    waited: Duration,
+    proxy: Proxy,
+    _pki: Pki,
+}
+
+async fn wait_for_greeting(mode: &str, sniff_timeout: &str) -> ServerFirst {
     let pki = Pki::new();
     let app = server_first_app().await;
     let proxy = start_proxy(
         &pki,
-        &namespace_policy("PERMISSIVE", false),
+        &namespace_policy(mode, false),
         app,
-        &["--sniff-timeout", "300ms"],
+        &["--sniff-timeout", sniff_timeout],
     )
     .await;
-    let (got, waited) = greeting(proxy.addr).await;
-    assert_eq!(got.as_deref(), Some(&b"220 server speaks first\r\n"[..]));
+    let (greeting, waited) = greeting(proxy.addr).await;
+    ServerFirst {
+        greeting,
+        waited,
+        proxy,
+        _pki: pki,
+    }
+}
+
+const GREETING: &[u8] = b"220 server speaks first\r\n";
+
+#[tokio::test]
+async fn server_first_protocols_work_on_permissive_ports_after_the_sniff_timeout() {
+    let run = wait_for_greeting("PERMISSIVE", "300ms").await;
+    assert_eq!(run.greeting.as_deref(), Some(GREETING));
     assert!(
-        waited >= Duration::from_millis(300),
-        "forwarded only once the sniff timeout passed: {waited:?}"
+        run.waited >= Duration::from_millis(300),
+        "forwarded only once the sniff timeout passed: {:?}",
+        run.waited
     );
-    counted(proxy.running.admin, "passthrough", "passthrough_server_first").await;
+    counted(run.proxy.running.admin, "passthrough", "passthrough_server_first").await;
 }
 
 #[tokio::test]
 async fn server_first_protocols_work_at_once_on_disable_ports() {
-    let pki = Pki::new();
-    let app = server_first_app().await;
     // A sniff timeout far longer than the test's own limit: DISABLE must not wait for it.
-    let proxy = start_proxy(
-        &pki,
-        &namespace_policy("DISABLE", false),
-        app,
-        &["--sniff-timeout", "1h"],
-    )
-    .await;
-    let (got, _) = greeting(proxy.addr).await;
-    assert_eq!(got.as_deref(), Some(&b"220 server speaks first\r\n"[..]));
-    counted(proxy.running.admin, "passthrough", "passthrough_disabled").await;
+    let run = wait_for_greeting("DISABLE", "1h").await;
+    assert_eq!(run.greeting.as_deref(), Some(GREETING));
+    counted(run.proxy.running.admin, "passthrough", "passthrough_disabled").await;
 }
 
 #[tokio::test]
 async fn a_silent_client_is_refused_on_strict_ports_after_the_sniff_timeout() {
-    let pki = Pki::new();
-    let app = server_first_app().await;
-    let proxy = start_proxy(
-        &pki,
-        &namespace_policy("STRICT", false),
-        app,
-        &["--sniff-timeout", "300ms"],
-    )
-    .await;
-    let (got, waited) = greeting(proxy.addr).await;
-    assert_eq!(got, None, "no greeting: the connection is closed");
+    let run = wait_for_greeting("STRICT", "300ms").await;
+    assert_eq!(run.greeting, None, "no greeting: the connection is closed");
     assert!(
-        waited >= Duration::from_millis(300),
-        "closed only once the sniff timeout passed: {waited:?}"
+        run.waited >= Duration::from_millis(300),
+        "closed only once the sniff timeout passed: {:?}",
+        run.waited
     );
-    counted(proxy.running.admin, "refuse", "sniff_timeout").await;
+    counted(run.proxy.running.admin, "refuse", "sniff_timeout").await;
 }
 
 #[tokio::test]

@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::policy::{MtlsMode, PolicySource, Workload};
-use crate::state::{PolicySnapshot, PortMode, TlsSnapshot};
+use crate::state::{unix_seconds, PolicySnapshot, PortMode, TlsSnapshot};
 
 /// One bound data-path listener.
 #[derive(Debug, Clone, Serialize)]
@@ -70,9 +70,9 @@ impl<'a> PortView<'a> {
     fn new(port: Option<u16>, mode: &'a PortMode) -> Self {
         PortView {
             port,
-            mode: mode.mode,
+            mode: mode.policy.mode,
             source: mode.policy.source.as_ref(),
-            http_alpn: mode.http_alpn,
+            http_alpn: mode.policy.http_alpn,
         }
     }
 }
@@ -84,10 +84,6 @@ struct CertificateView<'a> {
     serial: &'a str,
     not_after_unix: u64,
     expired: bool,
-}
-
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl<'a> ConfigDump<'a> {
@@ -125,7 +121,7 @@ impl<'a> ConfigDump<'a> {
                 spiffe_id: tls.identity.as_ref().map(ToString::to_string),
                 serial: &tls.serial,
                 not_after_unix: unix_seconds(tls.not_after),
-                expired: now > tls.not_after,
+                expired: tls.is_expired(now),
             },
         }
     }

@@ -35,10 +35,10 @@ impl DataPath {
         let mut record = Record::refused(source, app.port(), Reason::ClientClosedEarly);
         let policy = self.policy.current();
         let port = policy.port(app.port());
-        record.mode = Some(port.mode);
+        record.mode = Some(port.policy.mode);
         record.policy = Some(port.label.clone());
 
-        let (sniffed, prefix) = if port.mode == MtlsMode::Disable {
+        let (sniffed, prefix) = if port.policy.mode == MtlsMode::Disable {
             (Sniffed::NotRead, Vec::new())
         } else {
             match classify(&mut client, self.limits.sniff()).await {
@@ -56,7 +56,7 @@ impl DataPath {
                 }
             }
         };
-        let decision = decide(port.mode, &sniffed, port.http_alpn);
+        let decision = decide(port.policy.mode, &sniffed, port.policy.http_alpn);
         record.action = decision.action;
         record.reason = decision.reason;
         let hello = match sniffed {

@@ -90,8 +90,8 @@ fn app_of(route: &Route, client: &TcpStream) -> Result<SocketAddr, u16> {
         Route::Transparent { app_host, own_ports } => {
             // No original destination means no redirect happened: the client dialled the
             // transparent listener itself.
-            let local_port = client.local_addr().map(|a| a.port()).unwrap_or(0);
-            let original = net::original_dst(client).map_err(|_| local_port)?;
+            let original =
+                net::original_dst(client).map_err(|_| client.local_addr().map_or(0, |local| local.port()))?;
             if own_ports.contains(&original.port()) {
                 return Err(original.port());
             }

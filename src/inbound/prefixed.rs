@@ -24,10 +24,6 @@ impl<S> PrefixedIo<S> {
             inner,
         }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {

@@ -42,8 +42,6 @@ pub enum MtlsMode {
 }
 
 impl MtlsMode {
-    pub const ALL: [MtlsMode; 3] = [MtlsMode::Disable, MtlsMode::Permissive, MtlsMode::Strict];
-
     pub fn as_str(self) -> &'static str {
         match self {
             MtlsMode::Disable => "DISABLE",

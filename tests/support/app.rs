@@ -11,7 +11,7 @@ use peerguard::certs::{DevCa, IssuedCert};
 use peerguard::inbound::prefixed::PrefixedIo;
 use peerguard::tls::client_hello::{self, HelloParse};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,9 +33,8 @@ pub struct Seen {
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    /// The app's own server certificate (from `own_ca`, not the mesh CA).
+    /// The app's own server certificate, from a CA that is not the mesh's.
     pub cert: IssuedCert,
-    pub own_ca: DevCa,
     accepted: Arc<Mutex<usize>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -78,7 +77,6 @@ impl TestApp {
         TestApp {
             addr,
             cert,
-            own_ca,
             accepted,
             seen,
         }
@@ -101,10 +99,6 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the app did not see {n} finished connections within 5 s");
-    }
-
-    pub fn own_root(&self) -> CertificateDer<'static> {
-        self.own_ca.cert_der().clone()
     }
 }
 

@@ -126,7 +126,9 @@ impl Pki {
             .with_protocol_versions(versions)
             .expect("protocol versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(MeshServerVerifier(webpki)));
+            .with_custom_certificate_verifier(Arc::new(TestServerVerifier {
+                mesh_chain: Some(webpki),
+            }));
         finish_client_config(builder, alpn, client_cert)
     }
 }
@@ -156,18 +158,30 @@ impl Default for Pki {
     }
 }
 
-/// The name a test client asks for; mesh certificates carry no DNS name, see [`MeshServerVerifier`].
+/// The name a test client asks for; mesh certificates carry no DNS name, see [`TestServerVerifier`].
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from("server.default.svc.cluster.local").expect("valid DNS name")
 }
 
-/// How an Istio client checks a mesh server: the chain must verify against the mesh root, and
-/// the certificate must carry a SPIFFE ID; host names are not part of mesh identity (Istio
-/// certificates have none), so a name mismatch after a good chain is accepted.
+/// How the test clients check a server. With a mesh chain it checks as an Istio client does:
+/// the chain must verify against the mesh root and the certificate must carry a SPIFFE ID; host
+/// names are not part of mesh identity (Istio certificates have none), so a name mismatch after
+/// a good chain is accepted. Without one it accepts any certificate, so a test can assert
+/// *whose* certificate answered (the mesh's or the app's own). Handshake signatures are always
+/// checked: the server must hold its certificate's key.
 #[derive(Debug)]
-struct MeshServerVerifier(Arc<WebPkiServerVerifier>);
+pub struct TestServerVerifier {
+    mesh_chain: Option<Arc<WebPkiServerVerifier>>,
+}
 
-impl ServerCertVerifier for MeshServerVerifier {
+impl TestServerVerifier {
+    /// Accepts any certificate (signatures still checked).
+    pub fn any() -> Arc<Self> {
+        Arc::new(TestServerVerifier { mesh_chain: None })
+    }
+}
+
+impl ServerCertVerifier for TestServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -176,10 +190,10 @@ impl ServerCertVerifier for MeshServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(mesh_chain) = &self.mesh_chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match mesh_chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Ok(verified) => Ok(verified),
             // rustls checks the chain before the name, so this error means the chain is good.
             Err(rustls::Error::InvalidCertificate(
@@ -195,7 +209,8 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = peerguard::tls::provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
     }
 
     fn verify_tls13_signature(
@@ -204,10 +219,13 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = peerguard::tls::provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        peerguard::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
