@@ -12,8 +12,10 @@ use tokio::task::JoinSet;
 
 use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::{server, Admin};
+use crate::cli::LogFormat;
 use crate::config::{CertSource, Config};
 use crate::health::{self, Readiness};
+use crate::inbound::client_text::LogStyle;
 use crate::inbound::connection::DataPath;
 use crate::inbound::listener::{Listener, Route};
 use crate::metrics::Metrics;
@@ -99,6 +101,10 @@ pub async fn start(config: &Config, workload: Workload) -> Result<Running, Start
         policy: policy.clone(),
         tls: tls.clone(),
         limits: config.limits,
+        log_style: match config.log_format {
+            LogFormat::Text => LogStyle::Text,
+            LogFormat::Json => LogStyle::Json,
+        },
     });
     let (endpoints_shutdown, endpoints_stop) = watch::channel(false);
 

@@ -415,3 +415,30 @@ async fn the_json_access_log_has_every_field_of_a_connection() {
     assert_eq!(line["bytes_to_app"], 4);
     assert_eq!(line["bytes_to_client"], 4);
 }
+
+#[tokio::test]
+async fn a_hostile_alpn_is_logged_escaped_in_one_record() {
+    let setup = Setup::new("ops-hostile-alpn").await;
+    let pki = &setup.pki;
+    let mut proxy = Binary::start(&setup.args(&[])).await;
+    let forged = "x\n{\"reason\":\"mtls\"} reason=mtls peer=spiffe://cluster.local/ns/istio-system/sa/admin";
+    let tcp = TcpStream::connect(proxy.listen[0]).await.unwrap();
+    let config = pki.client_config(&[forged, "\u{1b}[31m\"q\\", "istio"], Some(&pki.mesh_client()));
+    let mut tls = TlsConnector::from(config).connect(server_name(), tcp).await.unwrap();
+    tls.shutdown().await.unwrap();
+    drop(tls);
+
+    let line = loop {
+        let line = proxy.log_line("connection").await;
+        if line["target"] == "peerguard::access" {
+            break line;
+        }
+    };
+    assert_eq!(
+        line["alpn"],
+        "x\\x0a{\\\"reason\\\":\\\"mtls\\\"} reason=mtls peer=spiffe://cluster.local/ns/istio-system/sa/admin,\
+         \\x1b[31m\\\"q\\\\,istio"
+    );
+    assert_eq!(line["reason"], "mtls");
+    assert_eq!(line["peer"], mesh_id("client").to_string());
+}

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::inbound::classify::{classify, ClassifyError};
+use crate::inbound::client_text::LogStyle;
 use crate::inbound::decide::{decide, Sniffed};
 use crate::inbound::forward::forward;
 use crate::inbound::outcome::{Action, Reason};
@@ -25,6 +26,8 @@ pub struct DataPath {
     pub policy: Arc<Live<PolicySnapshot>>,
     pub tls: Arc<Live<TlsSnapshot>>,
     pub limits: Limits,
+    /// How the access log writes what clients sent.
+    pub log_style: LogStyle,
 }
 
 impl DataPath {

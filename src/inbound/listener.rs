@@ -74,7 +74,7 @@ impl Listener {
                     Ok(app) => data_path.serve(client, source, app).await,
                     Err(own_port) => Record::refused(source, own_port, Reason::OwnPort),
                 };
-                record.log();
+                record.log(data_path.log_style);
                 metrics.connection_ended(&record);
                 drop(permit);
             });

@@ -7,8 +7,10 @@
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `prefixed`: replay of the bytes read while classifying.
 //! - `outcome`, `record`: the closed vocabulary and the per-connection record.
+//! - `client_text`: what a client sent, escaped for the access log.
 
 pub mod classify;
+pub mod client_text;
 pub mod connection;
 pub mod decide;
 pub mod forward;

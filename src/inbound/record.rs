@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::inbound::client_text::{ClientList, ClientText, LogStyle};
 use crate::inbound::forward::End;
 use crate::inbound::outcome::{Action, Reason};
 use crate::policy::MtlsMode;
@@ -77,10 +78,15 @@ impl Record {
         }))
     }
 
-    /// Writes the access-log line (target `peerguard::access`).
-    pub fn log(&self) {
+    /// Writes the access-log line (target `peerguard::access`) in `style`.
+    pub fn log(&self, style: LogStyle) {
         // Fields are Display wrappers, formatted only if the access log is enabled at all.
+        // What the client sent (SNI, ALPN) is escaped: it must not forge lines or fields.
         let tls = self.tls.as_deref();
+        let sni = tls.and_then(|t| t.sni.as_deref()).map(|sni| ClientText {
+            bytes: sni.as_bytes(),
+            style,
+        });
         tracing::info!(
             target: "peerguard::access",
             source = %self.source,
@@ -89,9 +95,9 @@ impl Record {
             policy = %OrDash(self.policy.as_deref()),
             action = %self.action.as_str(),
             reason = %self.reason.as_str(),
-            sni = %OrDash(tls.and_then(|t| t.sni.as_deref())),
-            alpn = %AlpnList(tls.map_or(&[][..], |t| &t.alpn)),
-            negotiated_alpn = %AlpnList(tls.and_then(|t| t.negotiated_alpn.as_ref()).map_or(&[][..], std::slice::from_ref)),
+            sni = %OrDash(sni),
+            alpn = %ClientList { items: tls.map_or(&[][..], |t| &t.alpn), style },
+            negotiated_alpn = %OrDash(tls.and_then(|t| t.negotiated_alpn.as_deref()).map(String::from_utf8_lossy)),
             peer = %OrDash(tls.and_then(|t| t.peer.as_ref())),
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
@@ -109,24 +115,6 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// `h2,http/1.1`: ALPN IDs in the client's order, lossy where not UTF-8; `-` for none.
-struct AlpnList<'a>(&'a [Vec<u8>]);
-
-impl fmt::Display for AlpnList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("-");
-        }
-        for (i, protocol) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(&String::from_utf8_lossy(protocol))?;
-        }
-        Ok(())
-    }
-}
-
 /// A value, or `-` when there is none, as every absent access-log field reads.
 struct OrDash<T>(Option<T>);
 
@@ -135,6 +123,162 @@ impl<T: fmt::Display> fmt::Display for OrDash<T> {
         match &self.0 {
             Some(value) => value.fmt(f),
             None => f.write_str("-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::inbound::client_text::unescape;
+
+    /// The access-log lines `record` writes in the text format.
+    fn text_lines(record: &Record) -> Vec<String> {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || SharedBuffer(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || record.log(LogStyle::Text));
+        let bytes = buffer.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap().lines().map(str::to_owned).collect()
+    }
+
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `key=value` fields after the message, a quoted value read up to its unescaped quote.
+    fn fields(line: &str) -> Vec<(String, String)> {
+        let rest = &line[line.find(" connection ").expect("the access-log message") + 12..];
+        let mut fields = Vec::new();
+        let mut chars = rest.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            let mut value = String::new();
+            if chars.peek() == Some(&'"') {
+                value.push(chars.next().unwrap());
+                while let Some(c) = chars.next() {
+                    value.push(c);
+                    match c {
+                        '\\' => value.push(chars.next().expect("an escape is complete")),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                assert!(
+                    matches!(chars.next(), None | Some(' ')),
+                    "a field ends at its quote: {line}"
+                );
+            } else {
+                value = chars.by_ref().take_while(|c| *c != ' ').collect();
+            }
+            fields.push((key, value));
+        }
+        fields
+    }
+
+    fn unquote(value: &str) -> &str {
+        value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .expect("a quoted value")
+    }
+
+    fn hostile_record(sni: Option<&str>, alpn: Vec<Vec<u8>>) -> Record {
+        let mut record = Record::refused("127.0.0.9:40000".parse().unwrap(), 8080, Reason::PlaintextOnStrict);
+        record.tls = Some(Box::new(TlsRecord {
+            sni: sni.map(str::to_owned),
+            alpn,
+            ..TlsRecord::default()
+        }));
+        record
+    }
+
+    /// One line; each field once; `alpn` and `sni` read back to what the client sent.
+    fn assert_one_honest_line(record: &Record) {
+        let lines = text_lines(record);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        let fields = fields(&lines[0]);
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        let expected = [
+            "source",
+            "port",
+            "mode",
+            "policy",
+            "action",
+            "reason",
+            "sni",
+            "alpn",
+            "negotiated_alpn",
+            "peer",
+            "bytes_to_app",
+            "bytes_to_client",
+            "end",
+            "client_hello_bytes",
+            "sniff_ms",
+            "handshake_ms",
+            "duration_ms",
+        ];
+        assert_eq!(keys, expected, "{}", lines[0]);
+        let value = |key: &str| &fields.iter().find(|(k, _)| k == key).unwrap().1;
+        assert_eq!(value("reason"), "plaintext_on_strict");
+        assert_eq!(value("peer"), "-");
+        let tls = record.tls.as_deref().unwrap();
+        match &tls.sni {
+            Some(sni) => assert_eq!(unescape(unquote(value("sni"))).unwrap(), sni.as_bytes()),
+            None => assert_eq!(value("sni"), "-"),
+        }
+        if tls.alpn.is_empty() {
+            assert_eq!(value("alpn"), "-");
+        } else {
+            let entries: Vec<Vec<u8>> = unquote(value("alpn"))
+                .split(',')
+                .map(|entry| unescape(entry).unwrap())
+                .collect();
+            assert_eq!(entries, tls.alpn);
+        }
+    }
+
+    #[test]
+    fn a_hostile_alpn_or_sni_cannot_forge_lines_or_fields() {
+        let forged_line = b"x\n2026-01-01T00:00:00Z INFO peerguard::access: connection action=terminate reason=mtls \
+            peer=spiffe://cluster.local/ns/istio-system/sa/admin";
+        for alpn in [
+            forged_line.to_vec(),
+            b"x reason=mtls peer=spiffe://cluster.local/ns/istio-system/sa/admin".to_vec(),
+            b"quote\" back\\slash".to_vec(),
+            b"\x1b[2J\x1b[31mred".to_vec(),
+            b"\xff\xfe\x00".to_vec(),
+            b"a,b".to_vec(),
+        ] {
+            assert_one_honest_line(&hostile_record(None, vec![alpn, b"h2".to_vec()]));
+        }
+        for sni in ["a\nb reason=mtls", "x\" peer=\"y", "\u{1b}[0m", "é.example"] {
+            assert_one_honest_line(&hostile_record(Some(sni), Vec::new()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_alpn_bytes_give_one_line_that_reads_back(
+            alpn in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..32), 0..4),
+            sni in proptest::option::of(".{0,24}"),
+        ) {
+            assert_one_honest_line(&hostile_record(sni.as_deref(), alpn));
         }
     }
 }
