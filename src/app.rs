@@ -92,7 +92,12 @@ pub async fn start(config: &Config, workload: Workload) -> Result<Running, Start
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let loaded = load_policy(config.policy.as_deref(), &workload)?;
     let policy = Arc::new(Live::new(PolicySnapshot::new(1, workload, loaded)));
-    let tls = Arc::new(Live::new(load_tls(&config.certs, &config.trust_domain, 1)?));
+    let tls = Arc::new(Live::new(load_tls(
+        &config.certs,
+        &config.trust_domain,
+        config.session_lifetime,
+        1,
+    )?));
     let metrics = Arc::new(Metrics::new());
     metrics.policy_in_force(1);
     metrics.certificate_in_force(tls.current().not_after);

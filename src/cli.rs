@@ -122,6 +122,10 @@ pub struct RunArgs {
     /// How long connecting to the app may take.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// How long after a full mTLS handshake its session may be resumed (also never past the
+    /// client certificate's expiry).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
     /// How long open connections get after SIGTERM.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

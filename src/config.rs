@@ -63,6 +63,8 @@ impl Limits {
 pub struct Config {
     pub policy: Option<PathBuf>,
     pub trust_domain: String,
+    /// How long a TLS session may be resumed after its full handshake.
+    pub session_lifetime: Duration,
     pub inbound: Option<SocketAddr>,
     pub explicit: Vec<ExplicitListener>,
     pub app_host: AppHost,
@@ -136,6 +138,7 @@ impl Config {
         Ok(Config {
             policy: args.policy.clone(),
             trust_domain: args.trust_domain.clone(),
+            session_lifetime: args.session_lifetime,
             inbound,
             explicit,
             app_host,

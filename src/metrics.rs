@@ -21,6 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::inbound::record::Record;
 use crate::policy::MtlsMode;
+use crate::tls::sessions::Declined;
 
 /// Most distinct workload ports that get their own `port` label value.
 pub const MAX_PORT_LABELS: usize = 128;
@@ -52,6 +53,16 @@ struct ConnectionLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeclinedLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -119,6 +130,9 @@ pub struct Metrics {
     client_hello_bytes: Histogram,
     sniff_seconds: Histogram,
     handshake_seconds: Histogram,
+    full_handshakes: Counter,
+    resumed_handshakes: Counter,
+    resumptions_declined: Family<DeclinedLabels, Counter>,
     policy_reloads: ReloadCounters,
     policy_generation: Gauge,
     certificate_reloads: ReloadCounters,
@@ -174,6 +188,24 @@ impl Metrics {
             Unit::Seconds,
             handshake_seconds.clone(),
         );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "Completed mTLS handshakes, by kind (full, or resumed from an earlier session)",
+            handshakes.clone(),
+        );
+        let resumptions_declined = Family::<DeclinedLabels, Counter>::default();
+        registry.register(
+            "tls_resumptions_declined",
+            "Resumptions refused (a full handshake followed), by reason (certificate_expired, session_lifetime)",
+            resumptions_declined.clone(),
+        );
+        // Both series exist from the start, so a dashboard sees 0 rather than nothing.
+        for declined in Declined::ALL {
+            let _ = resumptions_declined.get_or_create(&DeclinedLabels {
+                reason: declined.as_str(),
+            });
+        }
         let policy_reloads = ReloadCounters::register(&mut registry, "policy_reloads", "Policy reloads, by result");
         let policy_generation = Gauge::default();
         registry.register(
@@ -202,6 +234,9 @@ impl Metrics {
             client_hello_bytes,
             sniff_seconds,
             handshake_seconds,
+            full_handshakes: handshakes.get_or_create_owned(&HandshakeLabels { kind: "full" }),
+            resumed_handshakes: handshakes.get_or_create_owned(&HandshakeLabels { kind: "resumed" }),
+            resumptions_declined,
             policy_reloads,
             policy_generation,
             certificate_reloads,
@@ -230,6 +265,17 @@ impl Metrics {
             self.client_hello_bytes.observe(tls.client_hello_bytes as f64);
             if let Some(handshake) = tls.handshake_time {
                 self.handshake_seconds.observe(handshake.as_secs_f64());
+                if tls.resumed {
+                    self.resumed_handshakes.inc();
+                } else {
+                    self.full_handshakes.inc();
+                }
+            }
+            if let Some(declined) = tls.resumption_declined {
+                let labels = DeclinedLabels {
+                    reason: declined.as_str(),
+                };
+                self.resumptions_declined.get_or_create(&labels).inc();
             }
         }
         if let Some(sniff) = record.sniff_time {

@@ -38,9 +38,19 @@ pub enum TlsLoadError {
 }
 
 /// Loads the certificates of `source` into a snapshot ready for handshakes.
-pub fn load_tls(source: &CertSource, trust_domain: &str, generation: u64) -> Result<TlsSnapshot, TlsLoadError> {
+pub fn load_tls(
+    source: &CertSource,
+    trust_domain: &str,
+    session_lifetime: Duration,
+    generation: u64,
+) -> Result<TlsSnapshot, TlsLoadError> {
     let credentials = load_credentials(source)?;
-    Ok(TlsSnapshot::new(generation, &credentials, trust_domain)?)
+    Ok(TlsSnapshot::new(
+        generation,
+        &credentials,
+        trust_domain,
+        session_lifetime,
+    )?)
 }
 
 /// The files a certificate source reads.
@@ -76,6 +86,7 @@ pub struct Reloader {
     policy_path: Option<PathBuf>,
     certs: CertSource,
     trust_domain: String,
+    session_lifetime: Duration,
     policy: Arc<Live<PolicySnapshot>>,
     tls: Arc<Live<TlsSnapshot>>,
     metrics: Arc<Metrics>,
@@ -94,6 +105,7 @@ impl Reloader {
             policy_path: config.policy.clone(),
             certs: config.certs.clone(),
             trust_domain: config.trust_domain.clone(),
+            session_lifetime: config.session_lifetime,
             policy,
             tls,
             metrics,
@@ -140,7 +152,12 @@ impl Reloader {
 
     fn reload_certificates(&self) {
         let current = self.tls.current();
-        match load_tls(&self.certs, &self.trust_domain, current.generation + 1) {
+        match load_tls(
+            &self.certs,
+            &self.trust_domain,
+            self.session_lifetime,
+            current.generation + 1,
+        ) {
             Ok(snapshot) => {
                 self.metrics.certificate_reloaded(snapshot.not_after);
                 tracing::info!(

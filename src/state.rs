@@ -127,10 +127,11 @@ impl TlsSnapshot {
         generation: u64,
         credentials: &Credentials,
         trust_domain: &str,
+        session_lifetime: std::time::Duration,
     ) -> Result<Self, crate::tls::server_config::ServerConfigError> {
         Ok(TlsSnapshot {
             generation,
-            acceptors: TlsAcceptors::new(credentials, trust_domain)?,
+            acceptors: TlsAcceptors::new(credentials, trust_domain, session_lifetime)?,
             identity: credentials.identity.clone(),
             serial: credentials.serial.clone(),
             not_after: credentials.not_after,

@@ -15,7 +15,7 @@ use peerguard::tls::server_config::{handshake_failure_reason, TlsAcceptors};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ProtocolVersion};
-use support::pki::{mesh_id, server_name, Pki, TRUST_DOMAIN};
+use support::pki::{mesh_id, server_name, Pki, TRUST_DOMAIN, VALIDITY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -34,7 +34,9 @@ struct Accepted {
 
 /// Starts a one-connection mTLS server; the returned task ends with what it saw.
 async fn serve_one(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<Accepted, Reason>>) {
-    let acceptors = Arc::new(TlsAcceptors::new(&pki.server_credentials(), TRUST_DOMAIN).expect("acceptors"));
+    let acceptors = Arc::new(
+        TlsAcceptors::new(&pki.server_credentials(), TRUST_DOMAIN, Duration::from_secs(3600)).expect("acceptors"),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("local addr").port();
     let task = tokio::spawn(async move {
@@ -69,14 +71,15 @@ async fn accept_one(listener: TcpListener, acceptors: Arc<TlsAcceptors>) -> Resu
         }
     };
     let replayed = tokio::io::join(Cursor::new(prefix).chain(read), write);
-    let mut tls = TlsAcceptor::from(acceptors.config_for(&hello.alpn))
+    let handshake = acceptors.handshake(&acceptors.config_for(&hello.alpn));
+    let mut tls = TlsAcceptor::from(handshake.config.clone())
         .accept(replayed)
         .await
         .map_err(|e| handshake_failure_reason(&e))?;
     let (_, connection) = tls.get_ref();
     let accepted = Accepted {
         alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
-        peer: acceptors.peer_identity(connection),
+        peer: Some(handshake.finish(connection)?.id),
         version: connection.protocol_version(),
     };
     // The client may already be gone (openssl quits at stdin EOF); that is not the server's failure.
@@ -158,6 +161,57 @@ async fn certificate_from_another_ca_is_untrusted() {
     let (client, server) = handshake(&pki, pki.client_config(&["istio"], Some(&client_cert))).await;
     assert_eq!(server.map(|_| ()), Err(Reason::ClientCertUntrusted));
     assert!(client.is_err(), "client must not get the greeting: {client:?}");
+}
+
+#[tokio::test]
+async fn a_mesh_certificate_without_a_spiffe_id_is_refused_as_such() {
+    let pki = Pki::new();
+    let client_cert = pki
+        .mesh
+        .issue_server(&["client.example"], VALIDITY)
+        .expect("DNS-only cert");
+    let (client, server) = handshake(&pki, pki.client_config(&["istio"], Some(&client_cert))).await;
+    assert_eq!(server.map(|_| ()), Err(Reason::ClientCertNoSpiffeId));
+    assert!(client.is_err(), "client must not get the greeting: {client:?}");
+}
+
+#[tokio::test]
+async fn a_client_without_the_key_of_its_certificate_fails_on_the_signature() {
+    let pki = Pki::new();
+    let presented = pki.mesh_client();
+    let someone_elses_key = pki.mesh_client();
+    let (client, server) = handshake(&pki, client_config_signing_with(&pki, &presented, &someone_elses_key)).await;
+    assert_eq!(server.map(|_| ()), Err(Reason::ClientCertBadSignature));
+    assert!(client.is_err(), "client must not get the greeting: {client:?}");
+}
+
+/// A rustls client that presents `cert` but signs the CertificateVerify with `key_of`'s key:
+/// what a thief with a copied certificate and no key would send. rustls checks that a client
+/// certificate and key match when configured, so this resolver skips that check on purpose.
+fn client_config_signing_with(
+    pki: &Pki,
+    cert: &peerguard::certs::IssuedCert,
+    key_of: &peerguard::certs::IssuedCert,
+) -> Arc<ClientConfig> {
+    #[derive(Debug)]
+    struct Mismatched(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Mismatched {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_of.key_pem.as_bytes()).expect("key");
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .expect("signing key");
+    let mismatched = rustls::sign::CertifiedKey::new(vec![cert.cert_der.clone()], signer);
+    let mut config = (*pki.client_config(&["istio"], None)).clone();
+    config.client_auth_cert_resolver = Arc::new(Mismatched(Arc::new(mismatched)));
+    Arc::new(config)
 }
 
 #[tokio::test]

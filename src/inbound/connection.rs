@@ -117,10 +117,12 @@ impl DataPath {
         .await;
         drop(tls);
         let details = record.note_hello(hello, hello_size);
-        match handshake {
+        details.resumption_declined = handshake.declined;
+        match handshake.result {
             Ok(terminated) => {
                 details.handshake_time = Some(handshake_started.elapsed());
-                details.peer = terminated.peer;
+                details.resumed = terminated.peer.resumed;
+                details.peer = Some(terminated.peer.id);
                 details.negotiated_alpn = terminated.alpn;
                 self.connect_and_forward(terminated.stream, Vec::new(), app, record)
                     .await;

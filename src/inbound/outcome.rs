@@ -59,7 +59,12 @@ pub enum Reason {
     ClientCertMissing,
     /// The client certificate does not chain to the mesh roots (or is expired, or unusable).
     ClientCertUntrusted,
-    /// The client certificate has no SPIFFE ID in this trust domain.
+    /// The client's CertificateVerify signature does not verify: it does not hold the key of
+    /// the certificate it sent.
+    ClientCertBadSignature,
+    /// The client certificate chains to the mesh roots but carries no SPIFFE ID.
+    ClientCertNoSpiffeId,
+    /// The client certificate's SPIFFE ID is in another trust domain.
     ClientCertWrongTrustDomain,
     /// The app refused, or did not answer within the connect timeout.
     UpstreamConnectFailed,
@@ -70,7 +75,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Mtls,
         Reason::PassthroughPlaintext,
         Reason::PassthroughTls,
@@ -85,6 +90,8 @@ impl Reason {
         Reason::HandshakeTimeout,
         Reason::ClientCertMissing,
         Reason::ClientCertUntrusted,
+        Reason::ClientCertBadSignature,
+        Reason::ClientCertNoSpiffeId,
         Reason::ClientCertWrongTrustDomain,
         Reason::UpstreamConnectFailed,
         Reason::OwnPort,
@@ -107,6 +114,8 @@ impl Reason {
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::ClientCertMissing => "client_cert_missing",
             Reason::ClientCertUntrusted => "client_cert_untrusted",
+            Reason::ClientCertBadSignature => "client_cert_bad_signature",
+            Reason::ClientCertNoSpiffeId => "client_cert_no_spiffe_id",
             Reason::ClientCertWrongTrustDomain => "client_cert_wrong_trust_domain",
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::OwnPort => "own_port",

@@ -11,6 +11,7 @@ use crate::inbound::outcome::{Action, Reason};
 use crate::policy::MtlsMode;
 use crate::tls::client_hello::ClientHello;
 use crate::tls::identity::SpiffeId;
+use crate::tls::sessions::Declined;
 
 /// Everything known about one finished connection.
 #[derive(Debug, Clone)]
@@ -46,6 +47,10 @@ pub struct TlsRecord {
     /// The ALPN protocol selected when peerguard terminated TLS.
     pub negotiated_alpn: Option<Vec<u8>>,
     pub peer: Option<SpiffeId>,
+    /// The handshake resumed an earlier session (its certificate verified back then).
+    pub resumed: bool,
+    /// A resumption the client asked for and was refused, so it had a full handshake.
+    pub resumption_declined: Option<Declined>,
     pub handshake_time: Option<Duration>,
 }
 
@@ -99,6 +104,8 @@ impl Record {
             alpn = %ClientList { items: tls.map_or(&[][..], |t| &t.alpn), style },
             negotiated_alpn = %OrDash(tls.and_then(|t| t.negotiated_alpn.as_deref()).map(String::from_utf8_lossy)),
             peer = %OrDash(tls.and_then(|t| t.peer.as_ref())),
+            resumed = tls.is_some_and(|t| t.resumed),
+            resumption_declined = %tls.and_then(|t| t.resumption_declined).map_or("-", Declined::as_str),
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
             end = %self.end.map_or("-", End::as_str),
@@ -225,6 +232,8 @@ mod tests {
             "alpn",
             "negotiated_alpn",
             "peer",
+            "resumed",
+            "resumption_declined",
             "bytes_to_app",
             "bytes_to_client",
             "end",

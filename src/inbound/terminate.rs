@@ -8,17 +8,22 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inbound::outcome::Reason;
 use crate::inbound::prefixed::PrefixedIo;
-use crate::tls::identity::SpiffeId;
-use crate::tls::server_config::{handshake_failure_reason, TlsAcceptors};
+use crate::tls::server_config::{handshake_failure_reason, Peer, TlsAcceptors};
+use crate::tls::sessions::Declined;
 
 /// A finished handshake: the decrypted stream and who is on the other end.
 pub struct Terminated {
     pub stream: TlsStream<PrefixedIo<TcpStream>>,
-    /// The client certificate's SPIFFE ID (the verifier has already required one in the
-    /// trust domain, so this is only `None` if the certificate vanished, which rustls prevents).
-    pub peer: Option<SpiffeId>,
+    pub peer: Peer,
     /// The ALPN protocol the server selected, if any.
     pub alpn: Option<Vec<u8>>,
+}
+
+/// What a handshake came to, and whether it was refused a resumption on the way (which a
+/// failed handshake must report too: an expired certificate that tried to resume).
+pub struct Handshaken {
+    pub result: Result<Terminated, Reason>,
+    pub declined: Option<Declined>,
 }
 
 /// Runs the server handshake on `tcp`, replaying `prefix` (the ClientHello already read), with
@@ -29,16 +34,22 @@ pub async fn terminate(
     offered_alpn: &[Vec<u8>],
     acceptors: &TlsAcceptors,
     timeout: Duration,
-) -> Result<Terminated, Reason> {
-    let acceptor = TlsAcceptor::from(acceptors.config_for(offered_alpn));
-    let handshake = acceptor.accept(PrefixedIo::new(prefix, tcp));
-    let stream = match tokio::time::timeout(timeout, handshake).await {
-        Err(_elapsed) => return Err(Reason::HandshakeTimeout),
-        Ok(Err(e)) => return Err(handshake_failure_reason(&e)),
-        Ok(Ok(stream)) => stream,
+) -> Handshaken {
+    let handshake = acceptors.handshake(&acceptors.config_for(offered_alpn));
+    let accept = TlsAcceptor::from(handshake.config.clone()).accept(PrefixedIo::new(prefix, tcp));
+    let result = match tokio::time::timeout(timeout, accept).await {
+        Err(_elapsed) => Err(Reason::HandshakeTimeout),
+        Ok(Err(e)) => Err(handshake_failure_reason(&e)),
+        Ok(Ok(stream)) => {
+            let (_, connection) = stream.get_ref();
+            let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
+            handshake
+                .finish(connection)
+                .map(|peer| Terminated { stream, peer, alpn })
+        }
     };
-    let (_, connection) = stream.get_ref();
-    let peer = acceptors.peer_identity(connection);
-    let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
-    Ok(Terminated { stream, peer, alpn })
+    Handshaken {
+        result,
+        declined: handshake.declined(),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -14,7 +14,7 @@ use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIS
 use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
-use super::identity::{spiffe_ids_of, SpiffeId};
+use super::identity::{not_after, spiffe_ids_of, SpiffeId};
 
 /// File names of Istio's `/etc/certs` and `workload-spiffe-credentials` layouts.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
@@ -113,7 +113,7 @@ impl Credentials {
             return Err(CredentialsError::NoCertificate { path: ca.into() });
         }
 
-        let not_after = UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs());
+        let not_after = not_after(&parsed);
         Ok(Credentials {
             identity: spiffe_ids_of(leaf).into_iter().next(),
             serial: parsed.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
@@ -180,6 +180,7 @@ fn rsa_modulus_bits(modulus: &[u8]) -> usize {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
+    use std::time::Duration;
 
     use rustls::server::WebPkiClientVerifier;
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -94,20 +95,21 @@ impl fmt::Display for SpiffeId {
 /// The Istio SPIFFE IDs among a certificate's URI SANs, in certificate order. A certificate that
 /// does not parse, or URIs that are not Istio SPIFFE IDs, contribute nothing.
 pub fn spiffe_ids_of(cert: &CertificateDer<'_>) -> Vec<SpiffeId> {
-    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
+    match X509Certificate::from_der(cert.as_ref()) {
+        Ok((_, parsed)) => spiffe_ids_in(&parsed).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn spiffe_ids_in<'a>(parsed: &'a X509Certificate<'_>) -> impl Iterator<Item = SpiffeId> + 'a {
+    let names = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => &san.value.general_names[..],
+        _ => &[],
     };
-    let Ok(Some(san)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => uri.parse().ok(),
-            _ => None,
-        })
-        .collect()
+    names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) => uri.parse().ok(),
+        _ => None,
+    })
 }
 
 /// The certificate's SPIFFE ID in `trust_domain`, if it has one.
@@ -115,6 +117,30 @@ pub fn spiffe_id_in(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<Spi
     spiffe_ids_of(cert)
         .into_iter()
         .find(|id| id.trust_domain == trust_domain)
+}
+
+/// A verified peer certificate as the data path needs it: who, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Its SPIFFE ID in our trust domain, if it has one.
+    pub id: Option<SpiffeId>,
+    pub not_after: SystemTime,
+}
+
+/// Reads the SPIFFE ID in `trust_domain` and the expiry of `cert` in one parse; `None` if it
+/// does not parse.
+pub fn peer_certificate(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<PeerCertificate> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let id = spiffe_ids_in(&parsed).find(|id| id.trust_domain == trust_domain);
+    Some(PeerCertificate {
+        id,
+        not_after: not_after(&parsed),
+    })
+}
+
+/// A certificate's `notAfter` (the epoch for a date before it).
+pub fn not_after(parsed: &X509Certificate<'_>) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs())
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! TLS: the ClientHello parser, credentials, server configurations, peer identity.
+//! TLS: the ClientHello parser, credentials, server configurations, peer identity, and the
+//! session store that bounds resumption.
 
 pub mod client_hello;
 pub mod credentials;
 pub mod identity;
 pub mod server_config;
+pub mod sessions;
 
 use std::sync::Arc;
 

@@ -4,19 +4,21 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ServerSessionMemoryCache, VerifierBuilderError, WebPkiClientVerifier};
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig, ServerConnection,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, HandshakeKind, OtherError, ServerConfig,
+    ServerConnection, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::credentials::Credentials;
-use super::identity::{spiffe_id_in, spiffe_ids_of, SpiffeId};
+use super::identity::{peer_certificate, spiffe_ids_of, SpiffeId};
+use super::sessions::{Declined, HandshakeSessions, SessionStore};
 use crate::inbound::outcome::Reason;
 
 /// The server's ALPN preference (Envoy's for inbound mTLS). Istio's mesh markers (`istio`,
@@ -26,6 +28,14 @@ const SERVER_ALPN_PREFERENCE: [&[u8]; 3] = [b"h2", b"http/1.1", b"http/1.0"];
 
 /// Resumable sessions kept per credentials generation: enough for the peers of one workload.
 const SESSION_CACHE_ENTRIES: usize = 1024;
+
+/// The peer of a finished handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: SpiffeId,
+    /// The handshake resumed an earlier session instead of verifying the certificate anew.
+    pub resumed: bool,
+}
 
 /// The four server configurations mTLS termination chooses from, one per ALPN outcome.
 ///
@@ -38,6 +48,17 @@ pub struct TlsAcceptors {
     trust_domain: String,
     by_alpn: [(&'static [u8], Arc<ServerConfig>); 3],
     no_alpn: Arc<ServerConfig>,
+    /// Resumable sessions of this credentials generation: a rotation builds new acceptors and
+    /// so a new store, which makes every peer be verified again against the new roots.
+    sessions: Arc<SessionStore>,
+}
+
+/// One server handshake: the configuration it runs with, whose session storage is this
+/// handshake's own view of the shared store (see `tls::sessions`).
+pub struct Handshake<'a> {
+    pub config: Arc<ServerConfig>,
+    sessions: Arc<HandshakeSessions>,
+    trust_domain: &'a str,
 }
 
 /// Why the server configuration could not be built from loaded credentials.
@@ -61,7 +82,11 @@ pub enum PeerIdentityError {
 }
 
 impl TlsAcceptors {
-    pub fn new(credentials: &Credentials, trust_domain: &str) -> Result<Self, ServerConfigError> {
+    pub fn new(
+        credentials: &Credentials,
+        trust_domain: &str,
+        session_lifetime: Duration,
+    ) -> Result<Self, ServerConfigError> {
         let provider = super::provider();
         let webpki =
             WebPkiClientVerifier::builder_with_provider(credentials.roots.clone(), provider.clone()).build()?;
@@ -73,11 +98,10 @@ impl TlsAcceptors {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(credentials.key.clone())));
-        // Stateful resumption through one shared cache (rustls' default ticketer issues no
-        // stateless tickets): a new credentials generation builds new acceptors and so a new
-        // cache, which makes every peer be verified again against the new roots. One TLS 1.3
-        // ticket per handshake instead of rustls' two: a sidecar peer reconnects one at a time.
-        base.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        // Stateful resumption only (rustls' default ticketer issues no stateless tickets), so
+        // that every session goes through the store that bounds it; each handshake installs its
+        // own view of the store (`handshake`). One TLS 1.3 ticket per handshake instead of
+        // rustls' two: a sidecar peer reconnects one at a time.
         base.send_tls13_tickets = 1;
         // max_fragment_size stays None: full 16 KiB records, fewest per-record costs.
 
@@ -90,7 +114,21 @@ impl TlsAcceptors {
             trust_domain: trust_domain.to_owned(),
             by_alpn: SERVER_ALPN_PREFERENCE.map(with_alpn),
             no_alpn: Arc::new(base),
+            sessions: Arc::new(SessionStore::new(session_lifetime, SESSION_CACHE_ENTRIES)),
         })
+    }
+
+    /// Starts one handshake with `config` (from [`TlsAcceptors::config_for`]). The clone costs
+    /// a few reference counts and small vectors, next to a handshake's public-key operations.
+    pub fn handshake(&self, config: &ServerConfig) -> Handshake<'_> {
+        let sessions = Arc::new(HandshakeSessions::new(self.sessions.clone()));
+        let mut config = config.clone();
+        config.session_storage = sessions.clone();
+        Handshake {
+            config: Arc::new(config),
+            sessions,
+            trust_domain: &self.trust_domain,
+        }
     }
 
     /// The configuration for a client that offered `offered` (ClientHello order): the first of
@@ -102,11 +140,31 @@ impl TlsAcceptors {
             .map_or(&self.no_alpn, |(_, config)| config)
             .clone()
     }
+}
 
-    /// The verified peer's SPIFFE ID in our trust domain, once the handshake is done.
-    pub fn peer_identity(&self, connection: &ServerConnection) -> Option<SpiffeId> {
-        let leaf = connection.peer_certificates()?.first()?;
-        spiffe_id_in(leaf, &self.trust_domain)
+impl Handshake<'_> {
+    /// A resumption this handshake asked for and was refused (rustls then verified the
+    /// certificate in a full handshake).
+    pub fn declined(&self) -> Option<Declined> {
+        self.sessions.declined()
+    }
+
+    /// After rustls finished: the peer, and its session made resumable within its bounds. A
+    /// resumed session's certificate was verified by an earlier handshake; the store only hands
+    /// out sessions whose certificate has not expired since, and this checks it once more.
+    pub fn finish(&self, connection: &ServerConnection) -> Result<Peer, Reason> {
+        let leaf = connection
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .ok_or(Reason::ClientCertMissing)?;
+        let certificate = peer_certificate(leaf, self.trust_domain).ok_or(Reason::ClientCertUntrusted)?;
+        let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
+        if resumed && SystemTime::now() > certificate.not_after {
+            return Err(Reason::ClientCertUntrusted);
+        }
+        let id = certificate.id.ok_or(Reason::ClientCertWrongTrustDomain)?;
+        self.sessions.finish(certificate.not_after);
+        Ok(Peer { id, resumed })
     }
 }
 
@@ -116,13 +174,22 @@ pub fn handshake_failure_reason(error: &io::Error) -> Reason {
     let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
         return Reason::HandshakeFailed;
     };
+    #[allow(deprecated)] // UnsupportedSignatureAlgorithm: older rustls paths still return it.
     match tls_error {
         rustls::Error::NoCertificatesPresented => Reason::ClientCertMissing,
-        rustls::Error::InvalidCertificate(CertificateError::Other(other))
-            if other.0.downcast_ref::<PeerIdentityError>().is_some() =>
-        {
-            Reason::ClientCertWrongTrustDomain
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<PeerIdentityError>() {
+                Some(PeerIdentityError::NoSpiffeId) => Reason::ClientCertNoSpiffeId,
+                Some(PeerIdentityError::WrongTrustDomain { .. }) => Reason::ClientCertWrongTrustDomain,
+                None => Reason::ClientCertUntrusted,
+            }
         }
+        rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithm
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => Reason::ClientCertBadSignature,
         rustls::Error::InvalidCertificate(_) => Reason::ClientCertUntrusted,
         _ => Reason::HandshakeFailed,
     }
@@ -153,6 +220,19 @@ impl SpiffeClientVerifier {
     }
 }
 
+/// A chain that fails on a signature was issued by a CA that merely shares a trusted root's name
+/// (webpki tries the issuer by name, then its key): an unknown issuer, not a broken signature.
+/// Saying so keeps `BadSignature` for the CertificateVerify alone, so the two get their own
+/// reasons, and the client hears `unknown_ca`, exactly as from a CA with any other name.
+fn chain_error(error: rustls::Error) -> rustls::Error {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        }
+        other => other,
+    }
+}
+
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
@@ -172,7 +252,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(chain_error)?;
         self.check_trust_domain(end_entity)
             .map_err(|error| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error)))))?;
         Ok(verified)
@@ -211,7 +294,9 @@ mod tests {
 
     #[test]
     fn handshake_errors_map_to_reasons() {
-        let wrong_domain = PeerIdentityError::NoSpiffeId;
+        let other = |error: PeerIdentityError| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+        };
         let cases = [
             (rustls::Error::NoCertificatesPresented, Reason::ClientCertMissing),
             (
@@ -222,9 +307,17 @@ mod tests {
                 rustls::Error::InvalidCertificate(CertificateError::Expired),
                 Reason::ClientCertUntrusted,
             ),
+            (other(PeerIdentityError::NoSpiffeId), Reason::ClientCertNoSpiffeId),
             (
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(wrong_domain)))),
+                other(PeerIdentityError::WrongTrustDomain {
+                    found: SpiffeId::new("other.domain", "a", "b").unwrap(),
+                    expected: "cluster.local".into(),
+                }),
                 Reason::ClientCertWrongTrustDomain,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+                Reason::ClientCertBadSignature,
             ),
             (
                 rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(io::Error::other("x"))))),
