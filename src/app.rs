@@ -14,7 +14,7 @@ use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::{server, Admin};
 use crate::cli::LogFormat;
 use crate::config::{CertSource, Config};
-use crate::health::{self, Readiness};
+use crate::admin::health::{self, Readiness};
 use crate::inbound::client_text::LogStyle;
 use crate::inbound::connection::DataPath;
 use crate::inbound::listener::{Listener, Route};

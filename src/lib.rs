@@ -3,8 +3,8 @@
 //! Layout:
 //! - `cli`: command-line types; `config`: the validated configuration of `run`.
 //! - `app`: start-up, listeners, drain.
-//! - `admin`: the admin endpoint (config dump, metrics, readiness) and its small HTTP server.
-//! - `health`: readiness and the health endpoint's probe.
+//! - `admin`: the admin and health endpoints (config dump, metrics, readiness) and their small
+//!   HTTP server.
 //! - `metrics`: the Prometheus metric families.
 //! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
@@ -22,7 +22,6 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod health;
 pub mod inbound;
 pub mod iptables;
 pub mod metrics;

@@ -91,7 +91,7 @@ impl<'a> ConfigDump<'a> {
         addresses: &'a Addresses,
         policy: &'a PolicySnapshot,
         tls: &'a TlsSnapshot,
-        readiness: Result<(), crate::health::NotReady>,
+        readiness: Result<(), super::health::NotReady>,
         now: SystemTime,
     ) -> Self {
         let (named, other) = policy.ports();

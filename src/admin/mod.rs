@@ -1,11 +1,13 @@
-//! The admin endpoint (`--admin`, loopback only) and the HTTP plumbing it shares with the
-//! health endpoint:
+//! The admin endpoint (`--admin`, loopback only), the health endpoint, and the HTTP plumbing
+//! they share:
 //! - `server`: a small, bounded HTTP/1.1 server of synchronous routes.
 //! - `config_dump`: the `/config_dump` JSON document.
+//! - `health`: readiness, and the health endpoint's routes.
 //!
 //! Routes: `/config_dump`, `/stats/prometheus`, `/ready`.
 
 pub mod config_dump;
+pub mod health;
 pub mod server;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::SystemTime;
 
 use hyper::StatusCode;
 
-use crate::health::Readiness;
+use health::Readiness;
 use crate::metrics::Metrics;
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};
 use config_dump::{Addresses, ConfigDump};
@@ -39,7 +41,7 @@ impl Admin {
                 Ok(text) => server::with_type(StatusCode::OK, OPENMETRICS, text),
                 Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
             },
-            "/ready" => crate::health::ready_response(&self.readiness),
+            "/ready" => health::ready_response(&self.readiness),
             other => server::not_found(other),
         })
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use crate::admin::server::{not_found, text, Routes};
+use super::server::{not_found, text, Routes};
 use crate::state::{Live, TlsSnapshot};
 
 /// The readiness probe's path, as Istio's sidecar serves it on 15021.
