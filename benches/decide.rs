@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use peerguard::inbound::decide::{decide, Sniffed};
+use peerguard::inbound::classify::Sniffed;
+use peerguard::inbound::decide::decide;
 use peerguard::policy::{MtlsMode, PolicySet, Workload};
 use peerguard::state::PolicySnapshot;
 use peerguard::tls::client_hello::ClientHello;

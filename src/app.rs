@@ -11,15 +11,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admin::config_dump::{Addresses, ListenerInfo};
+use crate::admin::health::{self, Readiness};
 use crate::admin::{server, Admin};
 use crate::cli::LogFormat;
 use crate::config::{CertSource, Config};
-use crate::admin::health::{self, Readiness};
-use crate::inbound::client_text::LogStyle;
 use crate::inbound::connection::DataPath;
 use crate::inbound::listener::{Listener, Route};
 use crate::metrics::Metrics;
 use crate::net;
+use crate::outcome::client_text::LogStyle;
 use crate::policy::{Loaded, PolicyError, PolicySet, Workload};
 use crate::reload::{load_tls, Fingerprints, Reloader, TlsLoadError};
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};

@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, OutputFormat};
-use crate::inbound::decide::{decide, Decision, Sniffed};
-use crate::inbound::outcome::Reason;
+use crate::inbound::classify::Sniffed;
+use crate::inbound::decide::{decide, Decision};
+use crate::outcome::Reason;
 use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload, WorkloadError};
 use crate::tls::client_hello::ClientHello;
 
@@ -52,7 +53,7 @@ struct PortReport {
     mode: MtlsMode,
     source: Option<PolicySource>,
     http_alpn: bool,
-    action: Option<crate::inbound::outcome::Action>,
+    action: Option<crate::outcome::Action>,
     reason: Option<Reason>,
 }
 

@@ -9,6 +9,7 @@
 //! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `state`: live snapshots of policy and credentials, swapped whole on reload.
+//! - `outcome`: the connection's vocabulary (action, reason, the record, log escaping).
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
 //! - `net`: socket options, original destination, upstream source binding.
@@ -26,6 +27,7 @@ pub mod inbound;
 pub mod iptables;
 pub mod metrics;
 pub mod net;
+pub mod outcome;
 pub mod policy;
 pub mod reload;
 pub mod state;

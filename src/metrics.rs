@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::inbound::record::Record;
+use crate::outcome::record::Record;
 use crate::policy::MtlsMode;
 use crate::tls::sessions::Declined;
 

@@ -1,24 +1,24 @@
-//! mTLS termination with `TlsAcceptors` against real clients (rustls, `openssl s_client`) over
+//! mTLS termination (`inbound::terminate` with `TlsAcceptors`) against real clients (rustls, `openssl s_client`) over
 //! 127.0.0.1: ALPN selection, peer identity, and the reason each kind of bad client ends with.
 
 mod support;
 
-use std::io::Cursor;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerguard::inbound::outcome::Reason;
+use peerguard::inbound::terminate::terminate;
+use peerguard::outcome::Reason;
 use peerguard::tls::client_hello::{self, HelloParse};
 use peerguard::tls::identity::{spiffe_ids_of, SpiffeId};
-use peerguard::tls::server_config::{handshake_failure_reason, TlsAcceptors};
+use peerguard::tls::server_config::TlsAcceptors;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ProtocolVersion};
 use support::pki::{mesh_id, server_name, Pki, TRUST_DOMAIN, VALIDITY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HELLO: usize = 16 * 1024;
@@ -47,18 +47,17 @@ async fn serve_one(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<Accepted, 
     (port, task)
 }
 
-/// What the data path does: read the ClientHello, pick the config by its ALPN, replay the
-/// bytes read into the rustls acceptor.
+/// What the data path does: read the ClientHello, then `inbound::terminate` with the bytes
+/// read replayed.
 async fn accept_one(listener: TcpListener, acceptors: Arc<TlsAcceptors>) -> Result<Accepted, Reason> {
-    let (tcp, _) = listener.accept().await.map_err(|_| Reason::ClientIoError)?;
-    let (mut read, write) = tcp.into_split();
+    let (mut tcp, _) = listener.accept().await.map_err(|_| Reason::ClientIoError)?;
     let mut prefix = Vec::new();
     let hello = loop {
         if prefix.len() >= MAX_HELLO {
             return Err(Reason::ClientHelloTooLarge);
         }
         let mut chunk = [0u8; 2048];
-        let n = read.read(&mut chunk).await.map_err(|_| Reason::ClientIoError)?;
+        let n = tcp.read(&mut chunk).await.map_err(|_| Reason::ClientIoError)?;
         if n == 0 {
             return Err(Reason::ClientClosedEarly);
         }
@@ -70,21 +69,18 @@ async fn accept_one(listener: TcpListener, acceptors: Arc<TlsAcceptors>) -> Resu
             HelloParse::Malformed(_) => return Err(Reason::ClientHelloMalformed),
         }
     };
-    let replayed = tokio::io::join(Cursor::new(prefix).chain(read), write);
-    let handshake = acceptors.handshake(&acceptors.config_for(&hello.alpn));
-    let mut tls = TlsAcceptor::from(handshake.config.clone())
-        .accept(replayed)
+    let mut terminated = terminate(tcp, prefix, &hello.alpn, &acceptors, STEP_TIMEOUT)
         .await
-        .map_err(|e| handshake_failure_reason(&e))?;
-    let (_, connection) = tls.get_ref();
+        .result?;
+    let (_, connection) = terminated.stream.get_ref();
     let accepted = Accepted {
-        alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
-        peer: Some(handshake.finish(connection)?.id),
+        alpn: terminated.alpn.clone(),
+        peer: Some(terminated.peer.id.clone()),
         version: connection.protocol_version(),
     };
     // The client may already be gone (openssl quits at stdin EOF); that is not the server's failure.
-    let _ = tls.write_all(GREETING).await;
-    let _ = tls.shutdown().await;
+    let _ = terminated.stream.write_all(GREETING).await;
+    let _ = terminated.stream.shutdown().await;
     Ok(accepted)
 }
 

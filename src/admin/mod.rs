@@ -15,10 +15,10 @@ use std::time::SystemTime;
 
 use hyper::StatusCode;
 
-use health::Readiness;
 use crate::metrics::Metrics;
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};
 use config_dump::{Addresses, ConfigDump};
+use health::Readiness;
 use server::Routes;
 
 /// OpenMetrics text, as `prometheus_client` encodes it (Prometheus scrapes it natively).

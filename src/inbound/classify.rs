@@ -10,14 +10,32 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-use crate::inbound::decide::Sniffed;
-use crate::tls::client_hello::{self, HelloParse};
+use crate::tls::client_hello::{self, ClientHello, HelloParse};
 
 /// How much of a connection may be read, and for how long, before deciding.
 #[derive(Debug, Clone, Copy)]
 pub struct SniffLimits {
     pub max_client_hello: usize,
     pub timeout: Duration,
+}
+
+/// What classifying a connection's first bytes found (PRODUCT.md §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Not read at all: DISABLE ports forward at once, so server-first protocols work.
+    NotRead,
+    /// No byte arrived within the sniff timeout (a server-first protocol, or a stalled client).
+    Silent,
+    /// Part of a ClientHello arrived, then nothing more within the sniff timeout.
+    Stalled,
+    /// The first bytes are not a TLS handshake record.
+    Plaintext,
+    /// A whole, well-formed ClientHello.
+    Tls(ClientHello),
+    /// A TLS handshake record whose ClientHello does not parse.
+    Malformed,
+    /// A ClientHello larger than `--max-client-hello`.
+    TooLarge,
 }
 
 /// The first bytes, classified.

@@ -3,28 +3,9 @@
 //! Pure: no sockets, no clocks. `peerguard check` calls this same function, so what `check`
 //! reports is what the proxy does.
 
-use crate::inbound::outcome::{Action, Reason};
+use crate::inbound::classify::Sniffed;
+use crate::outcome::{Action, Reason};
 use crate::policy::MtlsMode;
-use crate::tls::client_hello::ClientHello;
-
-/// What classifying a connection's first bytes found (PRODUCT.md §2.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sniffed {
-    /// Not read at all: DISABLE ports forward at once, so server-first protocols work.
-    NotRead,
-    /// No byte arrived within the sniff timeout (a server-first protocol, or a stalled client).
-    Silent,
-    /// Part of a ClientHello arrived, then nothing more within the sniff timeout.
-    Stalled,
-    /// The first bytes are not a TLS handshake record.
-    Plaintext,
-    /// A whole, well-formed ClientHello.
-    Tls(ClientHello),
-    /// A TLS handshake record whose ClientHello does not parse.
-    Malformed,
-    /// A ClientHello larger than `--max-client-hello`.
-    TooLarge,
-}
 
 /// The verdict on one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +63,7 @@ pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::client_hello::ClientHello;
 
     fn hello(alpns: &[&str]) -> Sniffed {
         Sniffed::Tls(ClientHello {

@@ -17,35 +17,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::outcome::End;
+
 /// Bytes read per poll from one side: the per-direction buffer bound of PRODUCT.md §5.
 pub const CHUNK: usize = 32 * 1024;
 
 /// Reads per direction before letting the other direction and other tasks run.
 const READS_PER_POLL: usize = 16;
-
-/// How a forwarded connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both sides finished sending (each EOF was passed on as a half-close).
-    Completed,
-    /// No byte moved either way for `--idle-timeout`.
-    IdleTimeout,
-    /// A read or write on the client side failed (e.g. reset).
-    ClientError,
-    /// A read or write on the app side failed.
-    AppError,
-}
-
-impl End {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            End::Completed => "completed",
-            End::IdleTimeout => "idle_timeout",
-            End::ClientError => "client_error",
-            End::AppError => "app_error",
-        }
-    }
-}
 
 /// What crossed the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::AppHost;
 use crate::inbound::connection::DataPath;
-use crate::inbound::outcome::Reason;
-use crate::inbound::record::Record;
 use crate::metrics::Metrics;
 use crate::net;
+use crate::outcome::record::Record;
+use crate::outcome::Reason;
 
 /// Where a listener's connections go.
 #[derive(Debug, Clone)]

@@ -6,16 +6,11 @@
 //! - `terminate`: rustls handshake, peer SPIFFE identity.
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `prefixed`: replay of the bytes read while classifying.
-//! - `outcome`, `record`: the closed vocabulary and the per-connection record.
-//! - `client_text`: what a client sent, escaped for the access log.
 
 pub mod classify;
-pub mod client_text;
 pub mod connection;
 pub mod decide;
 pub mod forward;
 pub mod listener;
-pub mod outcome;
 pub mod prefixed;
-pub mod record;
 pub mod terminate;

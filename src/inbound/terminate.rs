@@ -1,14 +1,17 @@
 //! terminate: the rustls handshake over the replayed stream, and the peer's SPIFFE identity.
 
+use std::io;
 use std::time::Duration;
+
+use rustls::CertificateError;
 
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::inbound::outcome::Reason;
 use crate::inbound::prefixed::PrefixedIo;
-use crate::tls::server_config::{handshake_failure_reason, Peer, TlsAcceptors};
+use crate::outcome::Reason;
+use crate::tls::server_config::{Peer, PeerIdentityError, PeerRejected, TlsAcceptors};
 use crate::tls::sessions::Declined;
 
 /// A finished handshake: the decrypted stream and who is on the other end.
@@ -43,13 +46,106 @@ pub async fn terminate(
         Ok(Ok(stream)) => {
             let (_, connection) = stream.get_ref();
             let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
-            handshake
-                .finish(connection)
-                .map(|peer| Terminated { stream, peer, alpn })
+            match handshake.finish(connection) {
+                Ok(peer) => Ok(Terminated { stream, peer, alpn }),
+                Err(rejected) => Err(rejection_reason(rejected)),
+            }
         }
     };
     Handshaken {
         result,
         declined: handshake.declined(),
+    }
+}
+
+/// The [`Reason`] for a peer refused after rustls finished.
+fn rejection_reason(rejected: PeerRejected) -> Reason {
+    match rejected {
+        PeerRejected::NoCertificate => Reason::ClientCertMissing,
+        PeerRejected::Unparsable | PeerRejected::Expired => Reason::ClientCertUntrusted,
+        PeerRejected::NotInTrustDomain => Reason::ClientCertWrongTrustDomain,
+    }
+}
+
+/// The [`Reason`] a failed server handshake ends the connection with. tokio-rustls reports
+/// rustls errors as an `io::Error` of kind `InvalidData` wrapping the `rustls::Error`.
+pub fn handshake_failure_reason(error: &io::Error) -> Reason {
+    let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        return Reason::HandshakeFailed;
+    };
+    #[allow(deprecated)] // UnsupportedSignatureAlgorithm: older rustls paths still return it.
+    match tls_error {
+        rustls::Error::NoCertificatesPresented => Reason::ClientCertMissing,
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<PeerIdentityError>() {
+                Some(PeerIdentityError::NoSpiffeId) => Reason::ClientCertNoSpiffeId,
+                Some(PeerIdentityError::WrongTrustDomain { .. }) => Reason::ClientCertWrongTrustDomain,
+                None => Reason::ClientCertUntrusted,
+            }
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithm
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => Reason::ClientCertBadSignature,
+        rustls::Error::InvalidCertificate(_) => Reason::ClientCertUntrusted,
+        _ => Reason::HandshakeFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::OtherError;
+
+    use super::*;
+    use crate::tls::identity::SpiffeId;
+
+    fn io_error(error: rustls::Error) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+
+    #[test]
+    fn handshake_errors_map_to_reasons() {
+        let other = |error: PeerIdentityError| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+        };
+        let cases = [
+            (rustls::Error::NoCertificatesPresented, Reason::ClientCertMissing),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                Reason::ClientCertUntrusted,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                Reason::ClientCertUntrusted,
+            ),
+            (other(PeerIdentityError::NoSpiffeId), Reason::ClientCertNoSpiffeId),
+            (
+                other(PeerIdentityError::WrongTrustDomain {
+                    found: SpiffeId::new("other.domain", "a", "b").unwrap(),
+                    expected: "cluster.local".into(),
+                }),
+                Reason::ClientCertWrongTrustDomain,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+                Reason::ClientCertBadSignature,
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(io::Error::other("x"))))),
+                Reason::ClientCertUntrusted,
+            ),
+            (rustls::Error::NoApplicationProtocol, Reason::HandshakeFailed),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(handshake_failure_reason(&io_error(error)), reason);
+        }
+        assert_eq!(
+            handshake_failure_reason(&io::Error::from(io::ErrorKind::ConnectionReset)),
+            Reason::HandshakeFailed
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! mesh client certificate with a SPIFFE ID in our trust domain, the ALPN choice, and the map
 //! from a failed handshake to the connection's [`Reason`].
 
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +18,6 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use super::credentials::Credentials;
 use super::identity::{peer_certificate, spiffe_ids_of, SpiffeId};
 use super::sessions::{Declined, HandshakeSessions, SessionStore};
-use crate::inbound::outcome::Reason;
 
 /// The server's ALPN preference (Envoy's for inbound mTLS). Istio's mesh markers (`istio`,
 /// `istio-peer-exchange`, ...) are deliberately absent: they describe the connection, they are
@@ -68,6 +66,21 @@ pub enum ServerConfigError {
     Verifier(#[from] VerifierBuilderError),
     #[error("TLS protocol versions: {0}")]
     Versions(#[from] rustls::Error),
+}
+
+/// Why a finished handshake's peer is not accepted. rustls and the verifier rule each of these
+/// out before a handshake finishes, so they are a second line of defence; a resumed session
+/// is where they could matter, since rustls does not verify its certificate again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRejected {
+    #[error("no client certificate")]
+    NoCertificate,
+    #[error("the client certificate does not parse")]
+    Unparsable,
+    #[error("the resumed session's client certificate has expired")]
+    Expired,
+    #[error("the client certificate has no SPIFFE ID in the trust domain")]
+    NotInTrustDomain,
 }
 
 /// A client certificate that chains to the mesh roots but is not a peer of this trust domain.
@@ -152,46 +165,19 @@ impl Handshake<'_> {
     /// After rustls finished: the peer, and its session made resumable within its bounds. A
     /// resumed session's certificate was verified by an earlier handshake; the store only hands
     /// out sessions whose certificate has not expired since, and this checks it once more.
-    pub fn finish(&self, connection: &ServerConnection) -> Result<Peer, Reason> {
+    pub fn finish(&self, connection: &ServerConnection) -> Result<Peer, PeerRejected> {
         let leaf = connection
             .peer_certificates()
             .and_then(<[_]>::first)
-            .ok_or(Reason::ClientCertMissing)?;
-        let certificate = peer_certificate(leaf, self.trust_domain).ok_or(Reason::ClientCertUntrusted)?;
+            .ok_or(PeerRejected::NoCertificate)?;
+        let certificate = peer_certificate(leaf, self.trust_domain).ok_or(PeerRejected::Unparsable)?;
         let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
         if resumed && SystemTime::now() > certificate.not_after {
-            return Err(Reason::ClientCertUntrusted);
+            return Err(PeerRejected::Expired);
         }
-        let id = certificate.id.ok_or(Reason::ClientCertWrongTrustDomain)?;
+        let id = certificate.id.ok_or(PeerRejected::NotInTrustDomain)?;
         self.sessions.finish(certificate.not_after);
         Ok(Peer { id, resumed })
-    }
-}
-
-/// The [`Reason`] a failed server handshake ends the connection with. tokio-rustls reports
-/// rustls errors as an `io::Error` of kind `InvalidData` wrapping the `rustls::Error`.
-pub fn handshake_failure_reason(error: &io::Error) -> Reason {
-    let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
-        return Reason::HandshakeFailed;
-    };
-    #[allow(deprecated)] // UnsupportedSignatureAlgorithm: older rustls paths still return it.
-    match tls_error {
-        rustls::Error::NoCertificatesPresented => Reason::ClientCertMissing,
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-            match other.0.downcast_ref::<PeerIdentityError>() {
-                Some(PeerIdentityError::NoSpiffeId) => Reason::ClientCertNoSpiffeId,
-                Some(PeerIdentityError::WrongTrustDomain { .. }) => Reason::ClientCertWrongTrustDomain,
-                None => Reason::ClientCertUntrusted,
-            }
-        }
-        rustls::Error::InvalidCertificate(
-            CertificateError::BadSignature
-            | CertificateError::UnsupportedSignatureAlgorithm
-            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
-            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
-        ) => Reason::ClientCertBadSignature,
-        rustls::Error::InvalidCertificate(_) => Reason::ClientCertUntrusted,
-        _ => Reason::HandshakeFailed,
     }
 }
 
@@ -281,56 +267,5 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn io_error(error: rustls::Error) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, error)
-    }
-
-    #[test]
-    fn handshake_errors_map_to_reasons() {
-        let other = |error: PeerIdentityError| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
-        };
-        let cases = [
-            (rustls::Error::NoCertificatesPresented, Reason::ClientCertMissing),
-            (
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
-                Reason::ClientCertUntrusted,
-            ),
-            (
-                rustls::Error::InvalidCertificate(CertificateError::Expired),
-                Reason::ClientCertUntrusted,
-            ),
-            (other(PeerIdentityError::NoSpiffeId), Reason::ClientCertNoSpiffeId),
-            (
-                other(PeerIdentityError::WrongTrustDomain {
-                    found: SpiffeId::new("other.domain", "a", "b").unwrap(),
-                    expected: "cluster.local".into(),
-                }),
-                Reason::ClientCertWrongTrustDomain,
-            ),
-            (
-                rustls::Error::InvalidCertificate(CertificateError::BadSignature),
-                Reason::ClientCertBadSignature,
-            ),
-            (
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(io::Error::other("x"))))),
-                Reason::ClientCertUntrusted,
-            ),
-            (rustls::Error::NoApplicationProtocol, Reason::HandshakeFailed),
-        ];
-        for (error, reason) in cases {
-            assert_eq!(handshake_failure_reason(&io_error(error)), reason);
-        }
-        assert_eq!(
-            handshake_failure_reason(&io::Error::from(io::ErrorKind::ConnectionReset)),
-            Reason::HandshakeFailed
-        );
     }
 }

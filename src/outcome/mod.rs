@@ -1,5 +1,12 @@
-//! The closed vocabulary of what happened to a connection. `as_str()` is both the access-log
-//! field and the metric label, so the two can never disagree.
+//! The connection's vocabulary, below every layer that speaks it (the stages, the TLS server
+//! side, metrics, `check`):
+//! - here: what was done (`Action`), why (`Reason`), how a forwarded connection ended (`End`).
+//!   `as_str()` is both the access-log field and the metric label, so the two never disagree.
+//! - `record`: the one record every connection ends in.
+//! - `client_text`: what a client sent, escaped for the access log.
+
+pub mod client_text;
+pub mod record;
 
 use serde::Serialize;
 
@@ -120,6 +127,30 @@ impl Reason {
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::OwnPort => "own_port",
             Reason::ClientIoError => "client_io_error",
+        }
+    }
+}
+
+/// How a forwarded connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished sending (each EOF was passed on as a half-close).
+    Completed,
+    /// No byte moved either way for `--idle-timeout`.
+    IdleTimeout,
+    /// A read or write on the client side failed (e.g. reset).
+    ClientError,
+    /// A read or write on the app side failed.
+    AppError,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Completed => "completed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError => "client_error",
+            End::AppError => "app_error",
         }
     }
 }

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::inbound::client_text::{ClientList, ClientText, LogStyle};
-use crate::inbound::forward::End;
-use crate::inbound::outcome::{Action, Reason};
+use crate::outcome::client_text::{ClientList, ClientText, LogStyle};
+use crate::outcome::{Action, End, Reason};
 use crate::policy::MtlsMode;
 use crate::tls::client_hello::ClientHello;
 use crate::tls::identity::SpiffeId;
@@ -141,7 +140,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::inbound::client_text::unescape;
+    use crate::outcome::client_text::unescape;
 
     /// The access-log lines `record` writes in the text format.
     fn text_lines(record: &Record) -> Vec<String> {
