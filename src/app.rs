@@ -88,7 +88,8 @@ pub fn load_credentials(source: &CertSource) -> Result<Credentials, CredentialsE
 
 /// Loads everything, binds every listener and starts serving. Listening addresses with port 0
 /// get a free port; `Running` says which.
-pub async fn start(config: &Config, workload: Workload) -> Result<Running, StartError> {
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let workload = config.workload.clone();
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let loaded = load_policy(config.policy.as_deref(), &workload)?;
     let policy = Arc::new(Live::new(PolicySnapshot::new(1, workload, loaded)));
@@ -223,11 +224,11 @@ impl Running {
 
 /// `peerguard run`: start, serve until SIGTERM or SIGINT, drain, return. A second signal
 /// during the drain ends it at once.
-pub async fn run(config: Config, workload: Workload) -> Result<(), StartError> {
-    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), workload = ?workload, "starting");
+pub async fn run(config: Config) -> Result<(), StartError> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
     // Before anything says "serving": a SIGTERM from then on must drain, not kill.
     let mut stop = StopSignals::install().map_err(StartError::Signals)?;
-    let running = start(&config, workload).await?;
+    let running = start(&config).await?;
     if let Some(inbound) = running.inbound {
         tracing::info!(listen = %inbound, "transparent listener bound");
     }

@@ -15,10 +15,11 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, OutputFormat};
+use crate::config::{workload_from, WorkloadError};
 use crate::inbound::classify::Sniffed;
 use crate::inbound::decide::{decide, Decision};
 use crate::outcome::Reason;
-use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload, WorkloadError};
+use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload};
 use crate::tls::client_hello::ClientHello;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ struct PortReport {
 }
 
 fn report(args: &CheckArgs) -> Result<String, CheckError> {
-    let workload = Workload::from_args(&args.workload)?;
+    let workload = workload_from(&args.workload)?;
     let (set, files) = match &args.policy {
         Some(path) => {
             let loaded = PolicySet::load(path)?;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use peerguard::cli::{Cli, Command, LogFormat};
 
-/// Exit code for an invalid policy, as `check` uses it too.
-const EXIT_INVALID_POLICY: u8 = 2;
+/// Exit code for an invalid policy or command line, as `check` uses it too (and clap for
+/// arguments it cannot parse).
+const EXIT_INVALID_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,22 +29,17 @@ fn main() -> ExitCode {
 fn run(args: &peerguard::cli::RunArgs) -> ExitCode {
     let config = match peerguard::config::Config::from_args(args) {
         Ok(config) => config,
-        Err(e) => return fail(&e),
-    };
-    let workload = match peerguard::policy::Workload::from_args(&args.workload) {
-        Ok(workload) => workload,
-        Err(e) => return fail(&e),
+        // A command line that cannot make a proxy is a usage error, as clap's own are and as
+        // `check` reports an invalid --labels.
+        Err(e) => return fail_with(&e, EXIT_INVALID_INPUT),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),
     };
-    match runtime.block_on(peerguard::app::run(config, workload)) {
+    match runtime.block_on(peerguard::app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ peerguard::app::StartError::Policy(_)) => {
-            eprintln!("peerguard: {e}");
-            ExitCode::from(EXIT_INVALID_POLICY)
-        }
+        Err(e @ peerguard::app::StartError::Policy(_)) => fail_with(&e, EXIT_INVALID_INPUT),
         Err(e) => fail(&e),
     }
 }
@@ -59,8 +55,12 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    fail_with(error, 1)
+}
+
+fn fail_with(error: &dyn std::fmt::Display, code: u8) -> ExitCode {
     eprintln!("peerguard: {error}");
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -267,6 +267,19 @@ fn a_bad_label_exits_2() {
 }
 
 #[test]
+fn run_refuses_a_bad_label_with_the_same_exit_code_and_words_as_check() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_peerguard"))
+        .args(["run", "--namespace", "foo", "--labels", "app", "--cert-dir", "/nonexistent"])
+        .output()
+        .expect("run peerguard");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "peerguard: --labels: \"app\" is not key=value\n"
+    );
+}
+
+#[test]
 fn warnings_go_to_stderr_and_the_policy_is_used() {
     let file = policy("warnings.yaml");
     let output = check(&["--policy", &file, "--namespace", "foo", "--output", "json"]);

@@ -74,8 +74,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the demo's own run command line did not parse as `run`");
     };
     let config = crate::config::Config::from_args(&run_args)?;
-    let workload = crate::policy::Workload::from_args(&run_args.workload)?;
-    let running = crate::app::start(&config, workload).await?;
+    let running = crate::app::start(&config).await?;
 
     println!("{}", instructions(&dir, &ports, &run_line));
     tokio::signal::ctrl_c().await?;

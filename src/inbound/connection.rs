@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::inbound::classify::{classify, ClassifyError, Sniffed};
+use crate::inbound::classify::{classify, ClassifyError, SniffLimits, Sniffed};
 use crate::inbound::decide::decide;
 use crate::inbound::forward::forward;
 use crate::inbound::terminate::terminate;
@@ -31,6 +31,13 @@ pub struct DataPath {
 }
 
 impl DataPath {
+    fn sniff_limits(&self) -> SniffLimits {
+        SniffLimits {
+            max_client_hello: self.limits.max_client_hello,
+            timeout: self.limits.sniff_timeout,
+        }
+    }
+
     /// Serves one accepted connection whose app is at `app` (the workload port is its port)
     /// and returns its record.
     pub async fn serve(&self, mut client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
@@ -44,7 +51,7 @@ impl DataPath {
         let (sniffed, prefix) = if port.policy.mode == MtlsMode::Disable {
             (Sniffed::NotRead, Vec::new())
         } else {
-            match classify(&mut client, self.limits.sniff()).await {
+            match classify(&mut client, self.sniff_limits()).await {
                 Ok(classified) => {
                     record.sniff_time = Some(classified.elapsed);
                     (classified.sniffed, classified.prefix)

@@ -7,7 +7,6 @@
 //! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
-//! - `workload`: who the workload is, from the command line or the downward API.
 //! - `error`: the operator-facing errors and warnings.
 
 mod document;
@@ -22,7 +21,6 @@ mod service;
 mod set;
 #[cfg(test)]
 mod test_support;
-mod workload;
 
 use std::collections::BTreeMap;
 
@@ -30,7 +28,6 @@ use serde::Serialize;
 
 pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
 pub use set::{Loaded, PolicySet};
-pub use workload::WorkloadError;
 
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

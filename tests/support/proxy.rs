@@ -73,6 +73,5 @@ pub async fn start_run_line<S: AsRef<str>>(line: &[S]) -> Running {
         panic!("not a run command");
     };
     let config = peerguard::config::Config::from_args(&args).expect("config");
-    let workload = peerguard::policy::Workload::from_args(&args.workload).expect("workload");
-    peerguard::app::start(&config, workload).await.expect("proxy starts")
+    peerguard::app::start(&config).await.expect("proxy starts")
 }

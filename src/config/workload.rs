@@ -23,28 +23,28 @@ pub enum WorkloadError {
     },
 }
 
-impl Workload {
-    pub fn from_args(args: &WorkloadArgs) -> Result<Workload, WorkloadError> {
-        let labels = match &args.labels_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::ReadLabelsFile {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_labels_file(&text).map_err(|(line, problem)| WorkloadError::BadLabelsLine {
-                    path: path.clone(),
-                    line,
-                    problem,
-                })?
-            }
-            None => parse_label_args(&args.labels)?,
-        };
-        Ok(Workload {
-            namespace: args.namespace.clone(),
-            labels,
-            root_namespace: args.root_namespace.clone(),
-        })
-    }
+/// The workload from `--namespace`, `--labels` or `--labels-file`, and `--root-namespace`:
+/// `run` and `check` read it the same way, and fail the same way.
+pub fn workload_from(args: &WorkloadArgs) -> Result<Workload, WorkloadError> {
+    let labels = match &args.labels_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::ReadLabelsFile {
+                path: path.clone(),
+                source,
+            })?;
+            parse_labels_file(&text).map_err(|(line, problem)| WorkloadError::BadLabelsLine {
+                path: path.clone(),
+                line,
+                problem,
+            })?
+        }
+        None => parse_label_args(&args.labels)?,
+    };
+    Ok(Workload {
+        namespace: args.namespace.clone(),
+        labels,
+        root_namespace: args.root_namespace.clone(),
+    })
 }
 
 fn parse_label_args(args: &[String]) -> Result<BTreeMap<String, String>, WorkloadError> {

@@ -1,4 +1,9 @@
 //! The validated, immutable configuration of one `peerguard run` process.
+//! - `workload`: who the workload is, from the command line or the downward-API labels file.
+
+mod workload;
+
+pub use workload::{workload_from, WorkloadError};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::{LogFormat, RunArgs};
-use crate::inbound::classify::SniffLimits;
+use crate::policy::Workload;
 
 /// An explicit listener: connections to `listen` go to the app at `app`; the workload port is
 /// `app`'s port.
@@ -50,17 +55,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
 }
 
-impl Limits {
-    pub fn sniff(&self) -> SniffLimits {
-        SniffLimits {
-            max_client_hello: self.max_client_hello,
-            timeout: self.sniff_timeout,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
+    /// Who the proxy fronts: namespace, labels, root namespace.
+    pub workload: Workload,
     pub policy: Option<PathBuf>,
     pub trust_domain: String,
     /// How long a TLS session may be resumed after its full handshake.
@@ -79,7 +77,7 @@ pub struct Config {
 }
 
 /// A command line that cannot make a working proxy.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--listen {0:?}: expected LISTEN=APP, e.g. 0.0.0.0:18080=127.0.0.1:8080")]
     Listen(String),
@@ -97,6 +95,8 @@ pub enum ConfigError {
     ClientHelloCap,
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
 }
 
 impl Config {
@@ -136,6 +136,7 @@ impl Config {
             return Err(ConfigError::NoConnections);
         }
         Ok(Config {
+            workload: workload_from(&args.workload)?,
             policy: args.policy.clone(),
             trust_domain: args.trust_domain.clone(),
             session_lifetime: args.session_lifetime,
@@ -175,14 +176,14 @@ mod tests {
     #[test]
     fn listen_specs_need_both_addresses() {
         assert_eq!(
-            parse_listen("127.0.0.1:18080=127.0.0.1:8080"),
-            Ok(ExplicitListener {
+            parse_listen("127.0.0.1:18080=127.0.0.1:8080").unwrap(),
+            ExplicitListener {
                 listen: "127.0.0.1:18080".parse().unwrap(),
                 app: "127.0.0.1:8080".parse().unwrap()
-            })
+            }
         );
         for bad in ["127.0.0.1:18080", "127.0.0.1:18080=", "=127.0.0.1:8080", "a=b"] {
-            assert_eq!(parse_listen(bad), Err(ConfigError::Listen(bad.to_string())));
+            assert!(matches!(parse_listen(bad), Err(ConfigError::Listen(spec)) if spec == bad));
         }
     }
 }
