@@ -89,7 +89,12 @@ pub fn load_credentials(source: &CertSource) -> Result<Credentials, CredentialsE
 pub async fn start(config: &Config, workload: Workload) -> Result<Running, StartError> {
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let loaded = load_policy(config.policy.as_deref(), &workload)?;
-    let policy = Arc::new(Live::new(PolicySnapshot::new(1, workload, loaded)));
+    let policy = Arc::new(Live::new(PolicySnapshot::new(
+        1,
+        workload,
+        config.app_protocols.clone(),
+        loaded,
+    )));
     let tls = Arc::new(Live::new(load_tls(&config.certs, &config.trust_domain, 1)?));
     let metrics = Arc::new(Metrics::new());
     metrics.policy_in_force(1);

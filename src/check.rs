@@ -17,7 +17,10 @@ use serde::Serialize;
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::inbound::decide::{decide, Decision, Sniffed};
 use crate::inbound::outcome::Reason;
-use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload, WorkloadError};
+use crate::policy::{
+    ConflictingOverride, MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, ProtocolOverrides,
+    Workload, WorkloadError,
+};
 use crate::tls::client_hello::ClientHello;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ enum CheckError {
     Policy(#[from] PolicyError),
     #[error("--port 0 is not a port (1..65535)")]
     PortZero,
+    #[error(transparent)]
+    AppProtocol(#[from] ConflictingOverride),
 }
 
 /// Runs `peerguard check` and maps the outcome to an exit code.
@@ -71,8 +76,9 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
     for warning in set.warnings_for(&workload) {
         eprintln!("warning: {warning}");
     }
+    let overrides = ProtocolOverrides::new(&args.app_protocol)?;
     let connection = described_connection(args);
-    let known = set.known_ports(&workload);
+    let known = set.known_ports(&workload, &overrides);
     let ports: Vec<Option<u16>> = match args.port {
         Some(0) => return Err(CheckError::PortZero),
         Some(port) => vec![Some(port)],

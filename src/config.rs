@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::inbound::classify::SniffLimits;
+use crate::policy::{ConflictingOverride, ProtocolOverrides};
 
 /// An explicit listener: connections to `listen` go to the app at `app`; the workload port is
 /// `app`'s port.
@@ -63,6 +64,8 @@ impl Limits {
 pub struct Config {
     pub policy: Option<PathBuf>,
     pub trust_domain: String,
+    /// `--app-protocol`: what the app speaks on a port, whatever the Services say.
+    pub app_protocols: ProtocolOverrides,
     pub inbound: Option<SocketAddr>,
     pub explicit: Vec<ExplicitListener>,
     pub app_host: AppHost,
@@ -95,6 +98,8 @@ pub enum ConfigError {
     ClientHelloCap,
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    #[error(transparent)]
+    AppProtocol(#[from] ConflictingOverride),
 }
 
 impl Config {
@@ -136,6 +141,7 @@ impl Config {
         Ok(Config {
             policy: args.policy.clone(),
             trust_domain: args.trust_domain.clone(),
+            app_protocols: ProtocolOverrides::new(&args.app_protocol)?,
             inbound,
             explicit,
             app_host,
