@@ -8,6 +8,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inbound::outcome::Reason;
 use crate::inbound::prefixed::PrefixedIo;
+use crate::policy::AppProtocol;
 use crate::tls::identity::SpiffeId;
 use crate::tls::server_config::{handshake_failure_reason, TlsAcceptors};
 
@@ -22,15 +23,17 @@ pub struct Terminated {
 }
 
 /// Runs the server handshake on `tcp`, replaying `prefix` (the ClientHello already read), with
-/// the server configuration whose ALPN list fits `offered_alpn`, the client's.
+/// the server configuration whose ALPN list fits `offered_alpn`, the client's, and `protocol`,
+/// what the app speaks on this port.
 pub async fn terminate(
     tcp: TcpStream,
     prefix: Vec<u8>,
     offered_alpn: &[Vec<u8>],
+    protocol: AppProtocol,
     acceptors: &TlsAcceptors,
     timeout: Duration,
 ) -> Result<Terminated, Reason> {
-    let acceptor = TlsAcceptor::from(acceptors.config_for(offered_alpn));
+    let acceptor = TlsAcceptor::from(acceptors.config_for(offered_alpn, protocol));
     let handshake = acceptor.accept(PrefixedIo::new(prefix, tcp));
     let stream = match tokio::time::timeout(timeout, handshake).await {
         Err(_elapsed) => return Err(Reason::HandshakeTimeout),

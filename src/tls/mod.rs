@@ -1,5 +1,7 @@
-//! TLS: the ClientHello parser, credentials, server configurations, peer identity.
+//! TLS: the ClientHello parser, credentials, server configurations and their ALPN choice, peer
+//! identity.
 
+pub mod alpn;
 pub mod client_hello;
 pub mod credentials;
 pub mod identity;

@@ -15,14 +15,11 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::alpn;
 use super::credentials::Credentials;
 use super::identity::{spiffe_id_in, spiffe_ids_of, SpiffeId};
 use crate::inbound::outcome::Reason;
-
-/// The server's ALPN preference (Envoy's for inbound mTLS). Istio's mesh markers (`istio`,
-/// `istio-peer-exchange`, ...) are deliberately absent: they describe the connection, they are
-/// not a protocol the app speaks, so they are never selected.
-const SERVER_ALPN_PREFERENCE: [&[u8]; 3] = [b"h2", b"http/1.1", b"http/1.0"];
+use crate::policy::AppProtocol;
 
 /// Resumable sessions kept per credentials generation: enough for the peers of one workload.
 const SESSION_CACHE_ENTRIES: usize = 1024;
@@ -88,17 +85,19 @@ impl TlsAcceptors {
         };
         Ok(TlsAcceptors {
             trust_domain: trust_domain.to_owned(),
-            by_alpn: SERVER_ALPN_PREFERENCE.map(with_alpn),
+            by_alpn: alpn::SELECTABLE.map(with_alpn),
             no_alpn: Arc::new(base),
         })
     }
 
-    /// The configuration for a client that offered `offered` (ClientHello order): the first of
-    /// `h2`, `http/1.1`, `http/1.0` it offered, else the one that negotiates no ALPN.
-    pub fn config_for(&self, offered: &[Vec<u8>]) -> Arc<ServerConfig> {
+    /// The configuration for a client that offered `offered` (ClientHello order) on a port whose
+    /// app speaks `protocol`: the one with the protocol [`alpn::select`] picks, else the one that
+    /// negotiates no ALPN.
+    pub fn config_for(&self, offered: &[Vec<u8>], protocol: AppProtocol) -> Arc<ServerConfig> {
+        let selected = alpn::select(offered, protocol);
         self.by_alpn
             .iter()
-            .find(|(protocol, _)| offered.iter().any(|o| o.as_slice() == *protocol))
+            .find(|(candidate, _)| Some(*candidate) == selected)
             .map_or(&self.no_alpn, |(_, config)| config)
             .clone()
     }
