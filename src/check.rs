@@ -200,7 +200,7 @@ fn text(
             Some(source) => format!("declared by {source}"),
             None => "no Service or --app-protocol declares it".to_string(),
         };
-        let _ = writeln!(out, "  protocol:   {} ({declared})", report.protocol.protocol);
+        let _ = writeln!(out, "  protocol:   {}: {declared}", report.protocol.protocol);
         if let (Some(action), Some(reason)) = (report.action, report.reason) {
             let why = why(Decision { action, reason }, report.mode, args);
             let _ = writeln!(out, "  action:     {} ({}): {why}", action.as_str(), reason.as_str());

@@ -54,12 +54,12 @@ fn finance_is_strict_except_on_its_port_8080() {
              port 8080: DISABLE\n  \
                set by:     PeerAuthentication foo/finance (port: portLevelMtls entry for this port)\n  \
                http alpn:  off (it acts on PERMISSIVE ports only)\n  \
-               protocol:   unknown (no Service or --app-protocol declares it)\n\
+               protocol:   unknown: no Service or --app-protocol declares it\n\
              \n\
              all other ports: STRICT\n  \
                set by:     PeerAuthentication foo/finance (workload: policy selecting this workload)\n  \
                http alpn:  off (it acts on PERMISSIVE ports only)\n  \
-               protocol:   unknown (no Service or --app-protocol declares it)\n"
+               protocol:   unknown: no Service or --app-protocol declares it\n"
         )
     );
 }
@@ -405,7 +405,7 @@ fn the_app_protocol_flag_beats_the_service_and_names_new_ports() {
         "istio,h2",
     ]));
     assert!(
-        text.contains("  protocol:   tcp (declared by --app-protocol 9090=tcp)\n"),
+        text.contains("  protocol:   tcp: declared by --app-protocol 9090=tcp\n"),
         "{text}"
     );
     assert!(
