@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
-    /// Show the effective mTLS mode of a workload's ports, and what a described connection gets.
+    /// Show the effective mTLS mode and app protocol of a workload's ports, and what a described
+    /// connection gets.
     Check(CheckArgs),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
