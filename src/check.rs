@@ -19,8 +19,7 @@ use serde::Serialize;
 
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::inbound::decide::{decide, Decision, Sniffed};
-use crate::inbound::outcome::Action;
-use crate::inbound::outcome::Reason;
+use crate::inbound::outcome::{Action, Reason};
 use crate::policy::{
     AppProtocol, ConflictingOverride, MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy,
     PortProtocol, ProtocolOverrides, Workload, WorkloadError,
@@ -106,13 +105,9 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
             let protocol = set.protocol(&workload, port.unwrap_or(other_port), &overrides);
             let decision = connection.as_ref().map(|sniffed| decide(mode, sniffed, http_alpn));
             let negotiated_alpn = match (decision, &connection) {
-                (
-                    Some(Decision {
-                        action: Action::Terminate,
-                        ..
-                    }),
-                    Some(Sniffed::Tls(hello)),
-                ) => alpn::select(&hello.alpn, protocol.protocol).map(|p| String::from_utf8_lossy(p).into_owned()),
+                (Some(decision), Some(Sniffed::Tls(hello))) if decision.action == Action::Terminate => {
+                    alpn::select(&hello.alpn, protocol.protocol).map(|p| String::from_utf8_lossy(p).into_owned())
+                }
                 _ => None,
             };
             PortReport {

@@ -52,7 +52,7 @@ impl AppProtocol {
     ///   the app's TLS, not HTTP, so no HTTP ALPN fits.
     /// - `http1` and `h2c` are not in Istio's `protocol.Parse`; PRODUCT.md §2.4 adds them.
     /// - `udp` (and anything else) declares no TCP protocol peerguard could serve: `None`.
-    pub fn declared_by(text: &str) -> Option<AppProtocol> {
+    pub(crate) fn declared_by(text: &str) -> Option<AppProtocol> {
         match text {
             "kubernetes.io/h2c" => return Some(AppProtocol::Http2),
             "kubernetes.io/ws" => return Some(AppProtocol::Http1),
