@@ -92,7 +92,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let workload = config.workload.clone();
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let loaded = load_policy(config.policy.as_deref(), &workload)?;
-    let policy = Arc::new(Live::new(PolicySnapshot::new(1, workload, loaded)));
+    let policy = Arc::new(Live::new(PolicySnapshot::new(
+        1,
+        workload,
+        config.app_protocols.clone(),
+        loaded,
+    )));
     let tls = Arc::new(Live::new(load_tls(
         &config.certs,
         &config.trust_domain,

@@ -6,7 +6,10 @@
 //! Text output is for pasting into a ticket. JSON output is an array with one object per port,
 //! the last one for "all other ports" (`port: null`):
 //! `{"port", "mode", "source": {"kind", "namespace", "name", "level"} | null, "http_alpn",
-//! "action", "reason"}`; `action` and `reason` are null unless a connection is described.
+//! "protocol": {"protocol": "http1"|"http2"|"tcp"|"unknown", "source": text | null},
+//! "action", "reason", "negotiated_alpn"}`; `action` and `reason` are null unless a connection
+//! is described, `negotiated_alpn` unless a described TLS connection is terminated and an ALPN
+//! is selected (`tls::alpn::select`, as the proxy does).
 //! Exit code 0 on success, 2 on an invalid policy or workload (warnings go to stderr).
 
 use std::fmt::Write as _;
@@ -18,8 +21,12 @@ use crate::cli::{CheckArgs, OutputFormat};
 use crate::config::{workload_from, WorkloadError};
 use crate::inbound::classify::Sniffed;
 use crate::inbound::decide::{decide, Decision};
-use crate::outcome::Reason;
-use crate::policy::{MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy, Workload};
+use crate::outcome::{Action, Reason};
+use crate::policy::{
+    AppProtocol, ConflictingOverride, MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy,
+    PortProtocol, ProtocolOverrides, Workload,
+};
+use crate::tls::alpn;
 use crate::tls::client_hello::ClientHello;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +37,8 @@ enum CheckError {
     Policy(#[from] PolicyError),
     #[error("--port 0 is not a port (1..65535)")]
     PortZero,
+    #[error(transparent)]
+    AppProtocol(#[from] ConflictingOverride),
 }
 
 /// Runs `peerguard check` and maps the outcome to an exit code.
@@ -54,8 +63,11 @@ struct PortReport {
     mode: MtlsMode,
     source: Option<PolicySource>,
     http_alpn: bool,
-    action: Option<crate::outcome::Action>,
+    protocol: PortProtocol,
+    action: Option<Action>,
     reason: Option<Reason>,
+    /// The ALPN the server selects for a described TLS connection it terminates.
+    negotiated_alpn: Option<String>,
 }
 
 fn report(args: &CheckArgs) -> Result<String, CheckError> {
@@ -73,8 +85,9 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
     for warning in set.warnings_for(&workload) {
         eprintln!("warning: {warning}");
     }
+    let overrides = ProtocolOverrides::new(&args.app_protocol)?;
     let connection = described_connection(args);
-    let known = set.known_ports(&workload);
+    let known = set.known_ports(&workload, &overrides);
     let ports: Vec<Option<u16>> = match args.port {
         Some(0) => return Err(CheckError::PortZero),
         Some(port) => vec![Some(port)],
@@ -91,14 +104,23 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
                 http_alpn,
                 ..
             } = set.resolve(&workload, port.unwrap_or(other_port));
+            let protocol = set.protocol(&workload, port.unwrap_or(other_port), &overrides);
             let decision = connection.as_ref().map(|sniffed| decide(mode, sniffed, http_alpn));
+            let negotiated_alpn = match (decision, &connection) {
+                (Some(decision), Some(Sniffed::Tls(hello))) if decision.action == Action::Terminate => {
+                    alpn::select(&hello.alpn, protocol.protocol).map(|p| String::from_utf8_lossy(p).into_owned())
+                }
+                _ => None,
+            };
             PortReport {
                 port,
                 mode,
                 source,
                 http_alpn,
+                protocol,
                 action: decision.map(|d| d.action),
                 reason: decision.map(|d| d.reason),
+                negotiated_alpn,
             }
         })
         .collect();
@@ -171,9 +193,18 @@ fn text(
             (false, _) => "off (it acts on PERMISSIVE ports only)",
         };
         let _ = writeln!(out, "  http alpn:  {annotation}");
+        let declared = match &report.protocol.source {
+            Some(source) => format!("declared by {source}"),
+            None => "no Service or --app-protocol declares it".to_string(),
+        };
+        let _ = writeln!(out, "  protocol:   {}: {declared}", report.protocol.protocol);
         if let (Some(action), Some(reason)) = (report.action, report.reason) {
             let why = why(Decision { action, reason }, report.mode, args);
             let _ = writeln!(out, "  action:     {} ({}): {why}", action.as_str(), reason.as_str());
+            if action == Action::Terminate {
+                let selected = alpn_in_words(report.negotiated_alpn.as_deref(), report.protocol.protocol);
+                let _ = writeln!(out, "  alpn:       {selected}");
+            }
         }
     }
     out
@@ -184,6 +215,21 @@ fn connection_in_words(args: &CheckArgs) -> String {
         (true, _) => "plaintext".to_string(),
         (false, []) => "TLS, no ALPN offered".to_string(),
         (false, alpns) => format!("TLS, ALPN offered: {}", alpns.join(", ")),
+    }
+}
+
+/// The ALPN a terminated connection gets, and why (PRODUCT.md §2.4).
+fn alpn_in_words(selected: Option<&str>, protocol: AppProtocol) -> String {
+    match (selected, protocol) {
+        (Some(alpn), AppProtocol::Unknown) => format!(
+            "{alpn} (the app's protocol is unknown: http/1.1, then http/1.0, go before h2, which is selected only \
+             when the client offers nothing else)"
+        ),
+        (Some(alpn), _) => format!("{alpn} (what the app speaks on this port)"),
+        (None, AppProtocol::Tcp) => {
+            "none (the app's protocol is not HTTP, so no ALPN is selected; the handshake goes on)".to_string()
+        }
+        (None, _) => "none (the client offers nothing the app speaks; the handshake goes on without ALPN)".to_string(),
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::policy::AppProtocol;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "peerguard",
@@ -21,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
-    /// Show the effective mTLS mode of a workload's ports, and what a described connection gets.
+    /// Show the effective mTLS mode and app protocol of a workload's ports, and what a described
+    /// connection gets.
     Check(CheckArgs),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
@@ -70,6 +73,10 @@ pub struct RunArgs {
     /// The SPIFFE trust domain peers must belong to.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
+    /// What the app speaks on a workload port, `PORT=http1|http2|tcp`, repeatable; beats any
+    /// Service's declaration. It decides the ALPN of terminated connections.
+    #[arg(long = "app-protocol", value_name = "PORT=PROTOCOL", value_parser = crate::policy::parse_override)]
+    pub app_protocol: Vec<(u16, AppProtocol)>,
 
     /// Transparent listener (iptables REDIRECT target); `none` disables it.
     #[arg(long, default_value = "0.0.0.0:15006")]
@@ -144,6 +151,9 @@ pub struct CheckArgs {
     /// Only this workload port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// What the app speaks on a workload port, `PORT=http1|http2|tcp`, as `run` takes it.
+    #[arg(long = "app-protocol", value_name = "PORT=PROTOCOL", value_parser = crate::policy::parse_override)]
+    pub app_protocol: Vec<(u16, AppProtocol)>,
     /// Describe a plaintext connection.
     #[arg(long, conflicts_with = "tls")]
     pub plaintext: bool,

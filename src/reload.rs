@@ -134,8 +134,12 @@ impl Reloader {
             Ok(loaded) => {
                 let generation = current.generation + 1;
                 let files = loaded.files.len();
-                self.policy
-                    .replace(PolicySnapshot::new(generation, current.workload.clone(), loaded));
+                self.policy.replace(PolicySnapshot::new(
+                    generation,
+                    current.workload.clone(),
+                    current.overrides.clone(),
+                    loaded,
+                ));
                 self.metrics.policy_reloaded(generation);
                 tracing::info!(generation, files, "policy reloaded; new connections use it");
             }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::policy::{Loaded, PortPolicy, Workload};
+use crate::policy::{Loaded, PortPolicy, PortProtocol, ProtocolOverrides, Workload};
 use crate::tls::credentials::Credentials;
 use crate::tls::identity::SpiffeId;
 use crate::tls::server_config::TlsAcceptors;
@@ -36,22 +36,28 @@ impl<T> Live<T> {
     }
 }
 
-/// The effective mode of one workload port, with what the access log says about its source.
+/// What one workload port resolved to: its effective mode, with what the access log says about
+/// its source, and the app protocol that decides the ALPN of terminated connections.
 #[derive(Debug, Clone)]
 pub struct PortMode {
     /// Mode, source and annotation, as resolution gave them.
     pub policy: PortPolicy,
     /// `PeerAuthentication foo/finance (workload)`, formatted once per policy generation.
     pub label: Arc<str>,
+    pub protocol: PortProtocol,
 }
 
 impl PortMode {
-    fn new(policy: PortPolicy) -> Self {
+    fn new(policy: PortPolicy, protocol: PortProtocol) -> Self {
         let label: Arc<str> = match &policy.source {
             Some(s) => format!("{} {}/{} ({})", s.kind, s.namespace, s.name, s.level.as_str()).into(),
             None => "default (no policy applies)".into(),
         };
-        PortMode { policy, label }
+        PortMode {
+            policy,
+            label,
+            protocol,
+        }
     }
 }
 
@@ -60,29 +66,30 @@ impl PortMode {
 pub struct PolicySnapshot {
     pub generation: u64,
     pub workload: Workload,
+    /// `--app-protocol`: fixed for the process, kept here so that a reload resolves with it.
+    pub overrides: ProtocolOverrides,
     pub files: Vec<PathBuf>,
     pub loaded_at: SystemTime,
-    /// Ports some applicable policy or Service names.
+    /// Ports some applicable policy, Service or `--app-protocol` names.
     named: HashMap<u16, PortMode>,
-    /// Every other port: resolution gives one answer for all ports no policy names.
+    /// Every other port: resolution gives one answer for all ports nothing names.
     other: PortMode,
 }
 
 impl PolicySnapshot {
     /// Resolves every port the policy names up front, so a connection costs one hash lookup.
-    pub fn new(generation: u64, workload: Workload, loaded: Loaded) -> Self {
+    pub fn new(generation: u64, workload: Workload, overrides: ProtocolOverrides, loaded: Loaded) -> Self {
         let set = &loaded.set;
-        let known = set.known_ports(&workload);
-        let named = known
-            .iter()
-            .map(|&port| (port, PortMode::new(set.resolve(&workload, port))))
-            .collect();
+        let known = set.known_ports(&workload, &overrides);
+        let resolve = |port| PortMode::new(set.resolve(&workload, port), set.protocol(&workload, port, &overrides));
+        let named = known.iter().map(|&port| (port, resolve(port))).collect();
         let unnamed_port = (1..=u16::MAX).find(|p| !known.contains(p)).unwrap_or(u16::MAX);
-        let mut other = PortMode::new(set.resolve(&workload, unnamed_port));
+        let mut other = resolve(unnamed_port);
         other.policy.port = 0;
         PolicySnapshot {
             generation,
             workload,
+            overrides,
             files: loaded.files,
             loaded_at: SystemTime::now(),
             named,

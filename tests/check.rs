@@ -53,11 +53,13 @@ fn finance_is_strict_except_on_its_port_8080() {
              \n\
              port 8080: DISABLE\n  \
                set by:     PeerAuthentication foo/finance (port: portLevelMtls entry for this port)\n  \
-               http alpn:  off (it acts on PERMISSIVE ports only)\n\
+               http alpn:  off (it acts on PERMISSIVE ports only)\n  \
+               protocol:   unknown: no Service or --app-protocol declares it\n\
              \n\
              all other ports: STRICT\n  \
                set by:     PeerAuthentication foo/finance (workload: policy selecting this workload)\n  \
-               http alpn:  off (it acts on PERMISSIVE ports only)\n"
+               http alpn:  off (it acts on PERMISSIVE ports only)\n  \
+               protocol:   unknown: no Service or --app-protocol declares it\n"
         )
     );
 }
@@ -76,8 +78,10 @@ fn finance_as_json_lists_each_port_then_all_other_ports() {
         rows,
         json!([
             {"port": 8080, "mode": "DISABLE", "http_alpn": false, "action": null, "reason": null,
+             "protocol": {"protocol": "unknown", "source": null}, "negotiated_alpn": null,
              "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "finance", "level": "port"}},
             {"port": null, "mode": "STRICT", "http_alpn": false, "action": null, "reason": null,
+             "protocol": {"protocol": "unknown", "source": null}, "negotiated_alpn": null,
              "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "finance", "level": "workload"}},
         ])
     );
@@ -114,6 +118,7 @@ fn an_unset_workload_mode_inherits_the_namespace_strict() {
     assert_eq!(
         rows,
         json!([{"port": 9090, "mode": "STRICT", "http_alpn": false, "action": "refuse", "reason": "plaintext_on_strict",
+                "protocol": {"protocol": "unknown", "source": null}, "negotiated_alpn": null,
                 "source": {"kind": "PeerAuthentication", "namespace": "foo", "name": "default", "level": "namespace"}}])
     );
 }
@@ -157,8 +162,15 @@ fn the_http_alpn_annotation_makes_h2_a_mesh_alpn_on_permissive_ports() {
     assert_eq!(rows[0]["reason"], "mtls");
     assert_eq!(rows[0]["source"]["level"], "workload");
 
+    // Nothing declares the port's protocol: http/1.1 goes before h2.
+    assert_eq!(rows[0]["negotiated_alpn"], "http/1.1");
+
     let text = stdout(&check(&args));
     assert!(text.contains("connection: TLS, ALPN offered: h2, http/1.1\n"), "{text}");
+    assert!(
+        text.contains("  alpn:       http/1.1 (the app's protocol is unknown: http/1.1, then http/1.0, go before h2"),
+        "{text}"
+    );
     assert!(
         text.contains("  http alpn:  on: http/1.0, http/1.1 and h2 also mark mesh peers\n"),
         "{text}"
@@ -212,6 +224,8 @@ fn istio_1_1_httpbin_in_bar_accepts_plaintext_on_ports_its_port_1234_policy_does
     assert_eq!(
         rows[0],
         json!({"port": 80, "mode": "DISABLE", "http_alpn": false, "action": "passthrough", "reason": "passthrough_disabled",
+               "protocol": {"protocol": "http1", "source": "Service bar/httpbin port 8000 (name http)"},
+               "negotiated_alpn": null,
                "source": {"kind": "Policy", "namespace": "bar", "name": "httpbin", "level": "legacy_uncovered"}})
     );
 }
@@ -237,7 +251,8 @@ fn no_policy_means_every_port_permissive() {
     let rows = json_rows(&["--namespace", "foo", "--labels", "app=x"]);
     assert_eq!(
         rows,
-        json!([{"port": null, "mode": "PERMISSIVE", "source": null, "http_alpn": false, "action": null, "reason": null}])
+        json!([{"port": null, "mode": "PERMISSIVE", "source": null, "http_alpn": false, "action": null, "reason": null,
+                "protocol": {"protocol": "unknown", "source": null}, "negotiated_alpn": null,}])
     );
 }
 
@@ -269,7 +284,15 @@ fn a_bad_label_exits_2() {
 #[test]
 fn run_refuses_a_bad_label_with_the_same_exit_code_and_words_as_check() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_peerguard"))
-        .args(["run", "--namespace", "foo", "--labels", "app", "--cert-dir", "/nonexistent"])
+        .args([
+            "run",
+            "--namespace",
+            "foo",
+            "--labels",
+            "app",
+            "--cert-dir",
+            "/nonexistent",
+        ])
         .output()
         .expect("run peerguard");
     assert_eq!(output.status.code(), Some(2));
@@ -295,5 +318,145 @@ fn warnings_go_to_stderr_and_the_policy_is_used() {
              metadata.annotations[\"http-alpns.aspenmesh.io\"]: the HTTP ALPN annotation is not supported in the \
              root namespace istio-system; ignored\n"
         )
+    );
+}
+
+/// `app-protocols.yaml`: workload `app=web` in `foo` is STRICT; its Service declares port 8080
+/// HTTP/1.1 by name, 9090 gRPC by appProtocol and 5432 TCP by name.
+fn web_rows(extra: &[&str]) -> Value {
+    let file = policy("app-protocols.yaml");
+    let mut args = vec!["--policy", &file, "--namespace", "foo", "--labels", "app=web"];
+    args.extend(extra);
+    json_rows(&args)
+}
+
+#[test]
+fn each_port_shows_its_protocol_and_what_declared_it() {
+    let rows = web_rows(&[]);
+    let protocols: Vec<(Value, Value, Value)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row["port"].clone(),
+                row["protocol"]["protocol"].clone(),
+                row["protocol"]["source"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            (
+                json!(5432),
+                json!("tcp"),
+                json!("Service foo/web port 5432 (name tcp-postgres)")
+            ),
+            (
+                json!(8080),
+                json!("http1"),
+                json!("Service foo/web port 80 (name http-web)")
+            ),
+            (
+                json!(9090),
+                json!("http2"),
+                json!("Service foo/web port 9090 (appProtocol grpc)")
+            ),
+            (json!(null), json!("unknown"), json!(null)),
+        ]
+    );
+}
+
+#[test]
+fn a_terminated_client_offering_h2_and_http11_gets_what_each_port_speaks() {
+    let rows = web_rows(&["--tls", "--alpn", "h2,http/1.1"]);
+    let negotiated: Vec<(Value, Value)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| (row["port"].clone(), row["negotiated_alpn"].clone()))
+        .collect();
+    assert_eq!(
+        negotiated,
+        [
+            (json!(5432), json!(null)),
+            (json!(8080), json!("http/1.1")),
+            (json!(9090), json!("h2")),
+            (json!(null), json!("http/1.1")),
+        ]
+    );
+    let only_h2 = web_rows(&["--port", "8080", "--tls", "--alpn", "h2"]);
+    assert_eq!(only_h2[0]["action"], "terminate");
+    assert_eq!(
+        only_h2[0]["negotiated_alpn"],
+        Value::Null,
+        "an HTTP/1.1 app never gets h2"
+    );
+}
+
+#[test]
+fn the_app_protocol_flag_beats_the_service_and_names_new_ports() {
+    let rows = web_rows(&["--app-protocol", "9090=http1", "--app-protocol", "7000=http2"]);
+    assert_eq!(rows[0]["port"], 5432);
+    assert_eq!(rows[1]["port"], 7000);
+    assert_eq!(
+        rows[1]["protocol"],
+        json!({"protocol": "http2", "source": "--app-protocol 7000=http2"})
+    );
+    assert_eq!(rows[1]["mode"], "STRICT");
+    assert_eq!(
+        rows[3]["protocol"],
+        json!({"protocol": "http1", "source": "--app-protocol 9090=http1"})
+    );
+
+    let text = stdout(&check(&[
+        "--policy",
+        &policy("app-protocols.yaml"),
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=web",
+        "--port",
+        "9090",
+        "--app-protocol",
+        "9090=tcp",
+        "--tls",
+        "--alpn",
+        "istio,h2",
+    ]));
+    assert!(
+        text.contains("  protocol:   tcp: declared by --app-protocol 9090=tcp\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  alpn:       none (the app's protocol is not HTTP, so no ALPN is selected; the handshake goes on)\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_app_protocol_flag_exits_2_with_what_is_expected() {
+    let output = check(&["--namespace", "foo", "--app-protocol", "8080=grpc"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`grpc` is not an app protocol: use http1, http2 or tcp"),
+        "{stderr}"
+    );
+    let output = check(&[
+        "--namespace",
+        "foo",
+        "--app-protocol",
+        "8080=http1",
+        "--app-protocol",
+        "8080=http2",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: --app-protocol names port 8080 twice, as http1 and as http2\n"
     );
 }

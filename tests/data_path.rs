@@ -22,7 +22,8 @@ enum Client {
     MeshPeer,
     /// Only the `istio` marker and a mesh certificate: nothing for the server to select.
     IstioMarkerOnly,
-    /// Standard HTTP ALPNs with a mesh certificate.
+    /// Standard HTTP ALPNs with a mesh certificate, in curl's order (`h2,http/1.1`). No Service
+    /// declares the port's protocol, so the server selects `http/1.1`.
     HttpAlpnWithMeshCert,
     /// The app's own TLS clients: standard ALPNs, no client certificate.
     HttpAlpnNoCert,
@@ -168,7 +169,7 @@ async fn strict_terminates_every_tls_client_with_a_mesh_certificate_and_refuses_
             (Client::Plaintext, Expect::Refused("plaintext_on_strict")),
             (Client::MeshPeer, Expect::Terminated(Some("http/1.1"))),
             (Client::IstioMarkerOnly, Expect::Terminated(None)),
-            (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("h2"))),
+            (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("http/1.1"))),
             (Client::HttpAlpnNoCert, Expect::Refused("client_cert_missing")),
             (Client::NoAlpn, Expect::Refused("client_cert_missing")),
             (Client::MeshAlpnNoCert, Expect::Refused("client_cert_missing")),
@@ -230,7 +231,7 @@ async fn the_http_alpn_annotation_makes_standard_http_alpns_mesh_traffic_on_perm
         &[
             (Client::Plaintext, Expect::Plaintext),
             (Client::MeshPeer, Expect::Terminated(Some("http/1.1"))),
-            (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("h2"))),
+            (Client::HttpAlpnWithMeshCert, Expect::Terminated(Some("http/1.1"))),
             (Client::HttpAlpnNoCert, Expect::Refused("client_cert_missing")),
             (Client::NoAlpn, Expect::AppTls),
             (Client::MeshAlpnNoCert, Expect::Refused("client_cert_missing")),

@@ -138,7 +138,8 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
         &[("policy.yaml", &namespace_policy("PERMISSIVE", false))],
     );
     let policy_dir = policy.path().display().to_string();
-    let running = start(&setup.args(&["--policy", &policy_dir])).await;
+    let flag = format!("{}=http2", app.port());
+    let running = start(&setup.args(&["--policy", &policy_dir, "--app-protocol", &flag])).await;
     let proxy = running.explicit[0];
 
     let dump = config_dump(running.admin).await;
@@ -158,6 +159,11 @@ async fn a_reload_to_strict_shows_in_config_dump_refuses_new_plaintext_and_spare
     assert_eq!(port["mode"], "STRICT");
     assert_eq!(port["source"]["name"], "default");
     assert_eq!(port["source"]["level"], "namespace");
+    assert_eq!(
+        port["protocol"]["source"],
+        format!("--app-protocol {flag}"),
+        "the flag holds across reloads"
+    );
 
     let mut new = TcpStream::connect(proxy).await.unwrap();
     assert!(!echoes(&mut new, b"after the reload").await, "new plaintext is refused");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use peerguard::inbound::terminate::terminate;
 use peerguard::outcome::Reason;
+use peerguard::policy::AppProtocol;
 use peerguard::tls::client_hello::{self, HelloParse};
 use peerguard::tls::identity::{spiffe_ids_of, SpiffeId};
 use peerguard::tls::server_config::TlsAcceptors;
@@ -32,15 +33,24 @@ struct Accepted {
     version: Option<ProtocolVersion>,
 }
 
-/// Starts a one-connection mTLS server; the returned task ends with what it saw.
+/// Starts a one-connection mTLS server for a port whose protocol is unknown; the returned task
+/// ends with what it saw.
 async fn serve_one(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<Accepted, Reason>>) {
+    serve_one_speaking(pki, AppProtocol::Unknown).await
+}
+
+/// Starts a one-connection mTLS server for a port whose app speaks `protocol`.
+async fn serve_one_speaking(
+    pki: &Pki,
+    protocol: AppProtocol,
+) -> (u16, tokio::task::JoinHandle<Result<Accepted, Reason>>) {
     let acceptors = Arc::new(
         TlsAcceptors::new(&pki.server_credentials(), TRUST_DOMAIN, Duration::from_secs(3600)).expect("acceptors"),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("local addr").port();
     let task = tokio::spawn(async move {
-        tokio::time::timeout(STEP_TIMEOUT, accept_one(listener, acceptors))
+        tokio::time::timeout(STEP_TIMEOUT, accept_one(listener, acceptors, protocol))
             .await
             .unwrap_or(Err(Reason::HandshakeTimeout))
     });
@@ -49,7 +59,11 @@ async fn serve_one(pki: &Pki) -> (u16, tokio::task::JoinHandle<Result<Accepted, 
 
 /// What the data path does: read the ClientHello, then `inbound::terminate` with the bytes
 /// read replayed.
-async fn accept_one(listener: TcpListener, acceptors: Arc<TlsAcceptors>) -> Result<Accepted, Reason> {
+async fn accept_one(
+    listener: TcpListener,
+    acceptors: Arc<TlsAcceptors>,
+    protocol: AppProtocol,
+) -> Result<Accepted, Reason> {
     let (mut tcp, _) = listener.accept().await.map_err(|_| Reason::ClientIoError)?;
     let mut prefix = Vec::new();
     let hello = loop {
@@ -69,7 +83,7 @@ async fn accept_one(listener: TcpListener, acceptors: Arc<TlsAcceptors>) -> Resu
             HelloParse::Malformed(_) => return Err(Reason::ClientHelloMalformed),
         }
     };
-    let mut terminated = terminate(tcp, prefix, &hello.alpn, &acceptors, STEP_TIMEOUT)
+    let mut terminated = terminate(tcp, prefix, &hello.alpn, protocol, &acceptors, STEP_TIMEOUT)
         .await
         .result?;
     let (_, connection) = terminated.stream.get_ref();
@@ -99,14 +113,17 @@ async fn connect(port: u16, config: Arc<ClientConfig>) -> Result<(Option<Vec<u8>
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn handshake(
-    pki: &Pki,
-    config: Arc<ClientConfig>,
-) -> (
+type Handshake = (
     Result<(Option<Vec<u8>>, Vec<u8>), std::io::Error>,
     Result<Accepted, Reason>,
-) {
-    let (port, server) = serve_one(pki).await;
+);
+
+async fn handshake(pki: &Pki, config: Arc<ClientConfig>) -> Handshake {
+    handshake_speaking(pki, AppProtocol::Unknown, config).await
+}
+
+async fn handshake_speaking(pki: &Pki, protocol: AppProtocol, config: Arc<ClientConfig>) -> Handshake {
+    let (port, server) = serve_one_speaking(pki, protocol).await;
     let client = connect(port, config).await;
     (client, server.await.expect("server task"))
 }
@@ -123,12 +140,49 @@ async fn istio_marker_alone_negotiates_no_alpn_and_records_the_peer() {
 }
 
 #[tokio::test]
-async fn h2_is_selected_next_to_the_istio_marker() {
+async fn h2_is_selected_next_to_the_istio_marker_when_it_is_all_the_client_speaks() {
     let pki = Pki::new();
     let client_cert = pki.mesh_client();
     let (client, server) = handshake(&pki, pki.client_config(&["istio", "h2"], Some(&client_cert))).await;
     assert_eq!(server.expect("handshake accepted").alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(client.expect("client exchange").0.as_deref(), Some(&b"h2"[..]));
+}
+
+#[tokio::test]
+async fn curls_list_gets_http11_when_nothing_declares_the_protocol() {
+    let pki = Pki::new();
+    let client_cert = pki.mesh_client();
+    let (client, server) = handshake(&pki, pki.client_config(&["h2", "http/1.1"], Some(&client_cert))).await;
+    assert_eq!(
+        server.expect("handshake accepted").alpn.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    assert_eq!(client.expect("client exchange").0.as_deref(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test]
+async fn each_declared_protocol_selects_only_what_the_app_speaks() {
+    let pki = Pki::new();
+    let client_cert = pki.mesh_client();
+    let cases: &[(&[&str], AppProtocol, Option<&str>)] = &[
+        (&["http/1.1", "h2"], AppProtocol::Http2, Some("h2")),
+        (&["h2"], AppProtocol::Http2, Some("h2")),
+        (&["h2", "http/1.1"], AppProtocol::Http1, Some("http/1.1")),
+        // Nothing the app speaks: no ALPN, and the handshake still completes.
+        (&["h2"], AppProtocol::Http1, None),
+        (&["h2", "http/1.1"], AppProtocol::Tcp, None),
+    ];
+    for &(alpn, protocol, expected) in cases {
+        let expected = expected.map(str::as_bytes);
+        let (client, server) = handshake_speaking(&pki, protocol, pki.client_config(alpn, Some(&client_cert))).await;
+        let context = format!("{alpn:?} on a {protocol} port");
+        assert_eq!(server.expect(&context).alpn.as_deref(), expected, "{context}");
+        assert_eq!(
+            client.expect(&context),
+            (expected.map(<[u8]>::to_vec), GREETING.to_vec()),
+            "{context}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::policy::{MtlsMode, PolicySource, Workload};
+use crate::policy::{MtlsMode, PolicySource, PortProtocol, Workload};
 use crate::state::{unix_seconds, PolicySnapshot, PortMode, TlsSnapshot};
 
 /// One bound data-path listener.
@@ -50,7 +50,7 @@ struct PolicyView<'a> {
     generation: u64,
     source_files: &'a [PathBuf],
     loaded_at_unix: u64,
-    /// Every port a policy names or an explicit listener serves.
+    /// Every port a policy, Service or `--app-protocol` names, or an explicit listener serves.
     ports: Vec<PortView<'a>>,
     /// The mode of every port not listed.
     other_ports: PortView<'a>,
@@ -64,6 +64,8 @@ struct PortView<'a> {
     source: Option<&'a PolicySource>,
     /// The `http-alpns.aspenmesh.io` annotation's effect on this port.
     http_alpn: bool,
+    /// What the app speaks here and what declared it: decides the ALPN of terminated connections.
+    protocol: &'a PortProtocol,
 }
 
 impl<'a> PortView<'a> {
@@ -73,6 +75,7 @@ impl<'a> PortView<'a> {
             mode: mode.policy.mode,
             source: mode.policy.source.as_ref(),
             http_alpn: mode.policy.http_alpn,
+            protocol: &mode.protocol,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::{LogFormat, RunArgs};
-use crate::policy::Workload;
+use crate::policy::{ConflictingOverride, ProtocolOverrides, Workload};
 
 /// An explicit listener: connections to `listen` go to the app at `app`; the workload port is
 /// `app`'s port.
@@ -63,6 +63,8 @@ pub struct Config {
     pub trust_domain: String,
     /// How long a TLS session may be resumed after its full handshake.
     pub session_lifetime: Duration,
+    /// `--app-protocol`: what the app speaks on a port, whatever the Services say.
+    pub app_protocols: ProtocolOverrides,
     pub inbound: Option<SocketAddr>,
     pub explicit: Vec<ExplicitListener>,
     pub app_host: AppHost,
@@ -97,6 +99,8 @@ pub enum ConfigError {
     NoConnections,
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    AppProtocol(#[from] ConflictingOverride),
 }
 
 impl Config {
@@ -140,6 +144,7 @@ impl Config {
             policy: args.policy.clone(),
             trust_domain: args.trust_domain.clone(),
             session_lifetime: args.session_lifetime,
+            app_protocols: ProtocolOverrides::new(&args.app_protocol)?,
             inbound,
             explicit,
             app_host,

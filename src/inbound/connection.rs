@@ -17,7 +17,7 @@ use crate::net;
 use crate::outcome::client_text::LogStyle;
 use crate::outcome::record::Record;
 use crate::outcome::{Action, Reason};
-use crate::policy::MtlsMode;
+use crate::policy::{AppProtocol, MtlsMode};
 use crate::state::{Live, PolicySnapshot, TlsSnapshot};
 use crate::tls::client_hello::ClientHello;
 
@@ -89,7 +89,8 @@ impl DataPath {
             // Boxed: the handshake and the TLS stream are large, and a task is as big as its
             // largest state; only terminated connections should pay for them.
             (Action::Terminate, Some(hello)) => {
-                Box::pin(self.terminate_and_forward(client, prefix, hello, app, &mut record)).await
+                let protocol = port.protocol.protocol;
+                Box::pin(self.terminate_and_forward(client, prefix, hello, protocol, app, &mut record)).await
             }
             // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
             (Action::Terminate, None) => {
@@ -101,13 +102,14 @@ impl DataPath {
         record
     }
 
-    /// The mTLS handshake with the configuration that fits the client's ALPN list, then the
-    /// decrypted stream to the app.
+    /// The mTLS handshake with the configuration that fits the client's ALPN list and the app's
+    /// protocol, then the decrypted stream to the app.
     async fn terminate_and_forward(
         &self,
         client: TcpStream,
         prefix: Vec<u8>,
         hello: ClientHello,
+        protocol: AppProtocol,
         app: SocketAddr,
         record: &mut Record,
     ) {
@@ -118,6 +120,7 @@ impl DataPath {
             client,
             prefix,
             &hello.alpn,
+            protocol,
             &tls.acceptors,
             self.limits.handshake_timeout,
         )

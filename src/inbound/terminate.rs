@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inbound::prefixed::PrefixedIo;
 use crate::outcome::Reason;
+use crate::policy::AppProtocol;
 use crate::tls::server_config::{Peer, PeerIdentityError, PeerRejected, TlsAcceptors};
 use crate::tls::sessions::Declined;
 
@@ -30,15 +31,17 @@ pub struct Handshaken {
 }
 
 /// Runs the server handshake on `tcp`, replaying `prefix` (the ClientHello already read), with
-/// the server configuration whose ALPN list fits `offered_alpn`, the client's.
+/// the server configuration whose ALPN list fits `offered_alpn`, the client's, and `protocol`,
+/// what the app speaks on this port.
 pub async fn terminate(
     tcp: TcpStream,
     prefix: Vec<u8>,
     offered_alpn: &[Vec<u8>],
+    protocol: AppProtocol,
     acceptors: &TlsAcceptors,
     timeout: Duration,
 ) -> Handshaken {
-    let handshake = acceptors.handshake(&acceptors.config_for(offered_alpn));
+    let handshake = acceptors.handshake(offered_alpn, protocol);
     let accept = TlsAcceptor::from(handshake.config.clone()).accept(PrefixedIo::new(prefix, tcp));
     let result = match tokio::time::timeout(timeout, accept).await {
         Err(_elapsed) => Err(Reason::HandshakeTimeout),

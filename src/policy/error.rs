@@ -7,6 +7,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::policy::AppProtocol;
+
 /// Where a document came from: `policy.yaml: document 2 items[1] (PeerAuthentication foo/finance)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentRef {
@@ -124,4 +126,15 @@ pub enum Concern {
     NamedTargetPort { name: String },
     #[error("names service port {port}, which this Service does not expose; ignored")]
     AnnotationPortNotInService { port: u16 },
+    #[error(
+        "declares {declared} for workload port {workload_port}, but {by} declares {holds}, which holds \
+         (the oldest Service wins; --app-protocol beats both)"
+    )]
+    ProtocolConflict {
+        workload_port: u16,
+        declared: AppProtocol,
+        holds: AppProtocol,
+        /// The declaration that holds, e.g. `Service foo/web port 80 (name http-web)`.
+        by: String,
+    },
 }

@@ -235,7 +235,10 @@ fn legacy_known_ports_include_service_ports_and_annotations() {
         ),
     ]);
     let ports: Vec<u16> = set
-        .known_ports(&workload("bar", &[("app", "httpbin")]))
+        .known_ports(
+            &workload("bar", &[("app", "httpbin")]),
+            &crate::policy::ProtocolOverrides::default(),
+        )
         .into_iter()
         .collect();
     assert_eq!(ports, [80]);

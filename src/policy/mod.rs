@@ -1,4 +1,5 @@
-//! The policy engine: which mTLS mode holds on a workload port, and which policy set it.
+//! The policy engine: which mTLS mode holds on a workload port, and which policy set it; and
+//! which app protocol the port speaks.
 //!
 //! Layout:
 //! - `set`: `PolicySet`, the validated documents of one load; the era decision per workload.
@@ -7,6 +8,7 @@
 //! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
+//! - `protocol`: a workload port's app protocol (Services as Istio reads them, `--app-protocol`).
 //! - `error`: the operator-facing errors and warnings.
 
 mod document;
@@ -16,6 +18,7 @@ mod legacy_policy;
 mod node;
 mod parse;
 mod peer_authentication;
+mod protocol;
 mod resolve;
 mod service;
 mod set;
@@ -27,6 +30,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
+pub use protocol::{parse_override, AppProtocol, ConflictingOverride, PortProtocol, ProtocolOverrides};
 pub use set::{Loaded, PolicySet};
 
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).

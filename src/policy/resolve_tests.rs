@@ -308,7 +308,10 @@ fn known_ports_are_the_winning_workload_policys_port_entries() {
         "{selector: {matchLabels: {app: finance}}, portLevelMtls: {8080: {mode: DISABLE}, 9090: {}}}",
     )]);
     let ports: Vec<u16> = set
-        .known_ports(&workload("foo", &[("app", "finance")]))
+        .known_ports(
+            &workload("foo", &[("app", "finance")]),
+            &crate::policy::ProtocolOverrides::default(),
+        )
         .into_iter()
         .collect();
     assert_eq!(ports, [8080, 9090]);

@@ -1,5 +1,6 @@
 //! Kubernetes `Service` (`v1`): which workloads it selects, how its ports map to workload ports,
-//! and the Istio 0.3 `auth.istio.io/<service-port>` annotation.
+//! what protocol each port declares (`appProtocol`, name), and the Istio 0.3
+//! `auth.istio.io/<service-port>` annotation.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,8 @@ pub(crate) struct ServicePort {
     pub name: Option<String>,
     /// The workload port; `None` for a named targetPort, which needs the pod spec to map.
     pub target: Option<u16>,
+    /// `appProtocol`, as written; it beats the name when Istio reads the port's protocol.
+    pub app_protocol: Option<String>,
 }
 
 impl Service {
@@ -115,10 +118,9 @@ fn parse_ports(node: &Node, warnings: &mut Vec<FieldWarning>) -> FieldResult<Vec
         .iter()
         .map(|item| {
             let port = item.require("port")?.port()?;
-            let name = item
-                .get("name")?
-                .map(|name| name.text().map(str::to_string))
-                .transpose()?;
+            let text = |key: &str| item.get(key)?.map(|node| node.text().map(str::to_string)).transpose();
+            let name = text("name")?;
+            let app_protocol = text("appProtocol")?;
             // Kubernetes' default targetPort is the port itself.
             let target = match item.get("targetPort")? {
                 None => Some(port),
@@ -133,7 +135,12 @@ fn parse_ports(node: &Node, warnings: &mut Vec<FieldWarning>) -> FieldResult<Vec
                     None
                 }
             };
-            Ok(ServicePort { port, name, target })
+            Ok(ServicePort {
+                port,
+                name,
+                target,
+                app_protocol,
+            })
         })
         .collect()
 }
@@ -169,6 +176,19 @@ mod tests {
                 }
             }]
         );
+    }
+
+    #[test]
+    fn app_protocol_is_read_as_written() {
+        let (service, warnings) = parse(
+            "metadata: {name: s}\nspec:\n  ports:\n  - {name: web, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}\n  - {port: 81}",
+        );
+        let ports = service.unwrap().ports;
+        assert_eq!(ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+        assert_eq!(ports[1].app_protocol, None);
+        assert!(warnings.is_empty());
+        let (service, _) = parse("metadata: {name: s}\nspec: {ports: [{port: 80, appProtocol: 2}]}");
+        assert_eq!(service.unwrap_err().path, "spec.ports[0].appProtocol");
     }
 
     #[test]

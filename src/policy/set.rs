@@ -10,6 +10,7 @@ use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::child_path;
 use crate::policy::parse::{parse_text, Parsed};
 use crate::policy::peer_authentication::{PeerAuthentication, HTTP_ALPN_ANNOTATION};
+use crate::policy::protocol::{self, PortProtocol, ProtocolOverrides};
 use crate::policy::resolve::Levels;
 use crate::policy::service::Service;
 use crate::policy::{MtlsMode, PortPolicy, Workload};
@@ -107,14 +108,23 @@ impl PolicySet {
         }
     }
 
-    /// Ports any applicable policy names, plus the workload ports of Services that select it.
-    pub fn known_ports(&self, workload: &Workload) -> BTreeSet<u16> {
-        let mut ports: BTreeSet<u16> = self
-            .services
-            .iter()
-            .filter(|service| service.selects(workload))
-            .flat_map(|service| service.ports.iter().filter_map(|port| port.target))
-            .collect();
+    /// The app protocol of one workload port: `overrides` (`--app-protocol`) first, then the
+    /// Services that select the workload. A port neither names is unknown.
+    pub fn protocol(&self, workload: &Workload, port: u16, overrides: &ProtocolOverrides) -> PortProtocol {
+        protocol::resolve(&self.services, workload, port, overrides)
+    }
+
+    /// Ports any applicable policy names, plus the workload ports of Services that select it
+    /// and those `--app-protocol` names: every port whose mode or protocol may differ from the
+    /// rest.
+    pub fn known_ports(&self, workload: &Workload, overrides: &ProtocolOverrides) -> BTreeSet<u16> {
+        let mut ports: BTreeSet<u16> = overrides.ports().collect();
+        ports.extend(
+            self.services
+                .iter()
+                .filter(|service| service.selects(workload))
+                .flat_map(|service| service.ports.iter().filter_map(|port| port.target)),
+        );
         let modern = Levels::select(&self.peer_authentications, workload);
         if modern.apply() {
             ports.extend(modern.known_ports());
@@ -125,9 +135,11 @@ impl PolicySet {
     }
 
     /// Warnings that depend on who the workload is: the HTTP ALPN annotation is not supported
-    /// in the root namespace, which only the workload's configuration names.
+    /// in the root namespace, which only the workload's configuration names; Services that
+    /// select the workload and declare different protocols for one of its ports.
     pub fn warnings_for(&self, workload: &Workload) -> Vec<PolicyWarning> {
-        self.peer_authentications
+        let mut warnings: Vec<PolicyWarning> = self
+            .peer_authentications
             .iter()
             .filter(|policy| policy.http_alpn.is_some() && policy.meta.namespace == workload.root_namespace)
             .map(|policy| PolicyWarning {
@@ -137,7 +149,9 @@ impl PolicySet {
                     root_namespace: workload.root_namespace.clone(),
                 },
             })
-            .collect()
+            .collect();
+        warnings.extend(protocol::conflicts(&self.services, workload));
+        warnings
     }
 }
 

@@ -1,6 +1,7 @@
-//! TLS: the ClientHello parser, credentials, server configurations, peer identity, and the
-//! session store that bounds resumption.
+//! TLS: the ClientHello parser, credentials, server configurations and their ALPN choice, peer
+//! identity, and the session store that bounds resumption.
 
+pub mod alpn;
 pub mod client_hello;
 pub mod credentials;
 pub mod identity;

@@ -15,14 +15,11 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::alpn;
 use super::credentials::Credentials;
 use super::identity::{peer_certificate, spiffe_ids_of, SpiffeId};
 use super::sessions::{Declined, HandshakeSessions, SessionStore};
-
-/// The server's ALPN preference (Envoy's for inbound mTLS). Istio's mesh markers (`istio`,
-/// `istio-peer-exchange`, ...) are deliberately absent: they describe the connection, they are
-/// not a protocol the app speaks, so they are never selected.
-const SERVER_ALPN_PREFERENCE: [&[u8]; 3] = [b"h2", b"http/1.1", b"http/1.0"];
+use crate::policy::AppProtocol;
 
 /// Resumable sessions kept per credentials generation: enough for the peers of one workload.
 const SESSION_CACHE_ENTRIES: usize = 1024;
@@ -40,12 +37,12 @@ pub struct Peer {
 /// rustls aborts with `no_application_protocol` when its configured ALPN list and the client's
 /// do not intersect, while Istio wants the handshake to go on with no ALPN (e.g. a client that
 /// only offers `istio`). So instead of one config with a list, each outcome gets its own config
-/// with exactly that protocol (or none), and [`TlsAcceptors::config_for`] picks by the ALPN the
+/// with exactly that protocol (or none), and [`TlsAcceptors::handshake`] picks by the ALPN the
 /// ClientHello parser saw. All four share the verifier, the certificate and the session cache.
 pub struct TlsAcceptors {
     trust_domain: String,
-    by_alpn: [(&'static [u8], Arc<ServerConfig>); 3],
-    no_alpn: Arc<ServerConfig>,
+    by_alpn: [(&'static [u8], ServerConfig); 3],
+    no_alpn: ServerConfig,
     /// Resumable sessions of this credentials generation: a rotation builds new acceptors and
     /// so a new store, which makes every peer be verified again against the new roots.
     sessions: Arc<SessionStore>,
@@ -121,21 +118,23 @@ impl TlsAcceptors {
         let with_alpn = |protocol: &'static [u8]| {
             let mut config = base.clone();
             config.alpn_protocols = vec![protocol.to_vec()];
-            (protocol, Arc::new(config))
+            (protocol, config)
         };
         Ok(TlsAcceptors {
             trust_domain: trust_domain.to_owned(),
-            by_alpn: SERVER_ALPN_PREFERENCE.map(with_alpn),
-            no_alpn: Arc::new(base),
+            by_alpn: alpn::SELECTABLE.map(with_alpn),
+            no_alpn: base,
             sessions: Arc::new(SessionStore::new(session_lifetime, SESSION_CACHE_ENTRIES)),
         })
     }
 
-    /// Starts one handshake with `config` (from [`TlsAcceptors::config_for`]). The clone costs
-    /// a few reference counts and small vectors, next to a handshake's public-key operations.
-    pub fn handshake(&self, config: &ServerConfig) -> Handshake<'_> {
+    /// Starts one handshake for a client that offered `offered` (ClientHello order) on a port
+    /// whose app speaks `protocol`: the configuration with the ALPN [`alpn::select`] picks (or
+    /// none), its session storage this handshake's own view of the store. The clone costs a
+    /// few reference counts and small vectors, next to a handshake's public-key operations.
+    pub fn handshake(&self, offered: &[Vec<u8>], protocol: AppProtocol) -> Handshake<'_> {
         let sessions = Arc::new(HandshakeSessions::new(self.sessions.clone()));
-        let mut config = config.clone();
+        let mut config = self.config_for(offered, protocol).clone();
         config.session_storage = sessions.clone();
         Handshake {
             config: Arc::new(config),
@@ -144,14 +143,12 @@ impl TlsAcceptors {
         }
     }
 
-    /// The configuration for a client that offered `offered` (ClientHello order): the first of
-    /// `h2`, `http/1.1`, `http/1.0` it offered, else the one that negotiates no ALPN.
-    pub fn config_for(&self, offered: &[Vec<u8>]) -> Arc<ServerConfig> {
+    fn config_for(&self, offered: &[Vec<u8>], protocol: AppProtocol) -> &ServerConfig {
+        let selected = alpn::select(offered, protocol);
         self.by_alpn
             .iter()
-            .find(|(protocol, _)| offered.iter().any(|o| o.as_slice() == *protocol))
+            .find(|(candidate, _)| Some(*candidate) == selected)
             .map_or(&self.no_alpn, |(_, config)| config)
-            .clone()
     }
 }
 
