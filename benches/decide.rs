@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use peerguard::inbound::classify::Sniffed;
 use peerguard::inbound::decide::decide;
 use peerguard::policy::{MtlsMode, PolicySet, Workload};
-use peerguard::state::PolicySnapshot;
+use peerguard::store::PolicySnapshot;
 use peerguard::tls::client_hello::ClientHello;
 
 /// A namespace-level PERMISSIVE policy and a workload policy naming two ports, so the snapshot
@@ -80,7 +80,7 @@ fn snapshot_port(c: &mut Criterion) {
         labels: BTreeMap::from([("app".into(), "bench".into())]),
         root_namespace: "istio-system".into(),
     };
-    let snapshot = PolicySnapshot::new(1, workload, Default::default(), loaded);
+    let snapshot = PolicySnapshot::new(1, workload, &Default::default(), loaded);
     assert_eq!(snapshot.port(9090).policy.mode, MtlsMode::Disable);
     assert_eq!(snapshot.port(443).policy.mode, MtlsMode::Strict);
 

@@ -2,7 +2,6 @@
 //! listener, serve until told to stop, then drain.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,28 +13,36 @@ use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::health::{self, Readiness};
 use crate::admin::{server, Admin};
 use crate::cli::LogFormat;
-use crate::config::{CertSource, Config};
+use crate::config::Config;
 use crate::inbound::connection::DataPath;
 use crate::inbound::listener::{Listener, Route};
 use crate::metrics::Metrics;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
-use crate::policy::{Loaded, PolicyError, PolicySet, Workload};
-use crate::reload::{load_tls, Fingerprints, Reloader, TlsLoadError};
-use crate::state::{Live, PolicySnapshot, TlsSnapshot};
-use crate::tls::credentials::{Credentials, CredentialsError};
+use crate::policy::PolicyError;
+use crate::reload::{Fingerprints, Reloader};
+use crate::store::{OpenError, Store, TlsLoadError};
 
 /// Why the proxy could not start. The policy case has its own exit code (2), as in `check`.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid policy: {0}")]
-    Policy(#[from] PolicyError),
+    Policy(PolicyError),
     #[error("certificates: {0}")]
-    Certificates(#[from] TlsLoadError),
+    Certificates(TlsLoadError),
     #[error("cannot watch SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+impl From<OpenError> for StartError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::Policy(e) => StartError::Policy(e),
+            OpenError::Certificates(e) => StartError::Certificates(e),
+        }
+    }
 }
 
 /// A started proxy: where it listens, and the handle that stops it.
@@ -48,8 +55,8 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The health endpoint's bound address.
     pub health: SocketAddr,
-    pub policy: Arc<Live<PolicySnapshot>>,
-    pub tls: Arc<Live<TlsSnapshot>>,
+    /// The live policy and credentials.
+    pub store: Arc<Store>,
     readiness: Arc<Readiness>,
     /// Stops the data-path listeners.
     shutdown: watch::Sender<bool>,
@@ -61,56 +68,16 @@ pub struct Running {
     max_connections: usize,
 }
 
-/// Loads the policy file or directory (none: every port PERMISSIVE) and logs its warnings,
-/// including those that depend on the workload.
-pub fn load_policy(path: Option<&Path>, workload: &Workload) -> Result<Loaded, PolicyError> {
-    let loaded = match path {
-        Some(path) => PolicySet::load(path)?,
-        None => Loaded {
-            set: PolicySet::empty(),
-            warnings: Vec::new(),
-            files: Vec::new(),
-            skipped_documents: 0,
-        },
-    };
-    for warning in loaded.warnings.iter().chain(&loaded.set.warnings_for(workload)) {
-        tracing::warn!("policy: {warning}");
-    }
-    Ok(loaded)
-}
-
-pub fn load_credentials(source: &CertSource) -> Result<Credentials, CredentialsError> {
-    match source {
-        CertSource::Dir(dir) => Credentials::load_dir(dir),
-        CertSource::Files { cert, key, ca } => Credentials::load_files(cert, key, ca),
-    }
-}
-
 /// Loads everything, binds every listener and starts serving. Listening addresses with port 0
 /// get a free port; `Running` says which.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let workload = config.workload.clone();
+    // Before the first load, so that a change racing it is seen by the first poll.
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
-    let loaded = load_policy(config.policy.as_deref(), &workload)?;
-    let policy = Arc::new(Live::new(PolicySnapshot::new(
-        1,
-        workload,
-        config.app_protocols.clone(),
-        loaded,
-    )));
-    let tls = Arc::new(Live::new(load_tls(
-        &config.certs,
-        &config.trust_domain,
-        config.session_lifetime,
-        1,
-    )?));
     let metrics = Arc::new(Metrics::new());
-    metrics.policy_in_force(1);
-    metrics.certificate_in_force(tls.current().not_after);
-    let readiness = Arc::new(Readiness::new(tls.clone()));
+    let store = Arc::new(Store::open(config, metrics.clone())?);
+    let readiness = Arc::new(Readiness::new(store.clone()));
     let data_path = Arc::new(DataPath {
-        policy: policy.clone(),
-        tls: tls.clone(),
+        store: store.clone(),
         limits: config.limits,
         log_style: match config.log_format {
             LogFormat::Text => LogStyle::Text,
@@ -177,13 +144,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             admin,
             health,
         },
-        policy: policy.clone(),
-        tls: tls.clone(),
+        store: store.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     });
     tokio::spawn(server::serve(admin_tcp, admin_state.routes(), endpoints_stop.clone()));
-    let reloader = Reloader::new(config, fingerprints, policy.clone(), tls.clone(), metrics);
+    let reloader = Reloader::new(store.clone(), fingerprints);
     tokio::spawn(Arc::new(reloader).watch(endpoints_stop));
 
     Ok(Running {
@@ -191,8 +157,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         explicit,
         admin,
         health,
-        policy,
-        tls,
+        store,
         readiness,
         shutdown,
         endpoints_shutdown,

@@ -23,8 +23,8 @@ use crate::inbound::classify::Sniffed;
 use crate::inbound::decide::{decide, Decision};
 use crate::outcome::{Action, Reason};
 use crate::policy::{
-    AppProtocol, ConflictingOverride, MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy,
-    PortProtocol, ProtocolOverrides, Workload,
+    AppProtocol, ConflictingOverride, Loaded, MtlsMode, PolicyError, PolicyLevel, PolicySource, PortPolicy,
+    PortProtocol, ProtocolOverrides, ResolvedPort, Workload,
 };
 use crate::tls::alpn;
 use crate::tls::client_hello::ClientHello;
@@ -72,39 +72,37 @@ struct PortReport {
 
 fn report(args: &CheckArgs) -> Result<String, CheckError> {
     let workload = workload_from(&args.workload)?;
-    let (set, files) = match &args.policy {
-        Some(path) => {
-            let loaded = PolicySet::load(path)?;
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            (loaded.set, loaded.files)
-        }
-        None => (PolicySet::empty(), Vec::new()),
-    };
-    for warning in set.warnings_for(&workload) {
+    let loaded = Loaded::from_path(args.policy.as_deref())?;
+    for warning in loaded.warnings_for(&workload) {
         eprintln!("warning: {warning}");
     }
     let overrides = ProtocolOverrides::new(&args.app_protocol)?;
     let connection = described_connection(args);
-    let known = set.known_ports(&workload, &overrides);
+    let resolved = loaded.set.resolve_ports(&workload, &overrides);
     let ports: Vec<Option<u16>> = match args.port {
         Some(0) => return Err(CheckError::PortZero),
         Some(port) => vec![Some(port)],
-        None => known.iter().copied().map(Some).chain([None]).collect(),
+        None => resolved
+            .named
+            .iter()
+            .map(|named| Some(named.policy.port))
+            .chain([None])
+            .collect(),
     };
-    // Every port no policy names resolves alike, so any one of them stands for "all other ports".
-    let other_port = (1..=u16::MAX).find(|port| !known.contains(port)).unwrap_or(u16::MAX);
     let reports: Vec<PortReport> = ports
         .into_iter()
         .map(|port| {
+            let ResolvedPort { policy, protocol } = match port {
+                Some(port) => resolved.port(port),
+                None => &resolved.other,
+            }
+            .clone();
             let PortPolicy {
                 mode,
                 source,
                 http_alpn,
                 ..
-            } = set.resolve(&workload, port.unwrap_or(other_port));
-            let protocol = set.protocol(&workload, port.unwrap_or(other_port), &overrides);
+            } = policy;
             let decision = connection.as_ref().map(|sniffed| decide(mode, sniffed, http_alpn));
             let negotiated_alpn = match (decision, &connection) {
                 (Some(decision), Some(Sniffed::Tls(hello))) if decision.action == Action::Terminate => {
@@ -130,7 +128,7 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
             json.push('\n');
             json
         }
-        OutputFormat::Text => text(&workload, &files, args, connection.as_ref(), &reports),
+        OutputFormat::Text => text(&workload, &loaded.files, args, connection.as_ref(), &reports),
     })
 }
 

@@ -8,7 +8,7 @@
 //! - `metrics`: the Prometheus metric families.
 //! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
-//! - `state`: live snapshots of policy and credentials, swapped whole on reload.
+//! - `store`: the live policy and credentials: loaded, validated, last good kept, published.
 //! - `outcome`: the connection's vocabulary (action, reason, the record, log escaping).
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
@@ -30,5 +30,5 @@ pub mod net;
 pub mod outcome;
 pub mod policy;
 pub mod reload;
-pub mod state;
+pub mod store;
 pub mod tls;

@@ -300,7 +300,7 @@ impl Metrics {
 
     /// The expiry of the certificate in use, set at start and by every successful reload.
     pub fn certificate_in_force(&self, not_after: SystemTime) {
-        let unix = crate::state::unix_seconds(not_after);
+        let unix = crate::tls::identity::unix_seconds(not_after);
         self.certificate_expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 

@@ -1,4 +1,5 @@
-//! Hot reload of the policy and of the certificates (PRODUCT.md §3, §5).
+//! When to reload the policy and the certificates from their files (PRODUCT.md §3, §5); the
+//! store does the loading, validating and publishing.
 //!
 //! Every [`POLL_INTERVAL`] the watcher takes a fingerprint of what the files *contain* (read
 //! through symlinks) and reloads what changed; `SIGHUP` reloads both at once, changed or not.
@@ -18,40 +19,12 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::app::{load_credentials, load_policy};
 use crate::config::CertSource;
-use crate::metrics::Metrics;
-use crate::state::{Live, PolicySnapshot, TlsSnapshot};
-use crate::tls::credentials::{CredentialsError, CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
-use crate::tls::server_config::ServerConfigError;
+use crate::store::Store;
+use crate::tls::credentials::{CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
 
 /// How often the files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why new certificates could not be put in use.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsLoadError {
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    #[error("TLS configuration: {0}")]
-    ServerConfig(#[from] ServerConfigError),
-}
-
-/// Loads the certificates of `source` into a snapshot ready for handshakes.
-pub fn load_tls(
-    source: &CertSource,
-    trust_domain: &str,
-    session_lifetime: Duration,
-    generation: u64,
-) -> Result<TlsSnapshot, TlsLoadError> {
-    let credentials = load_credentials(source)?;
-    Ok(TlsSnapshot::new(
-        generation,
-        &credentials,
-        trust_domain,
-        session_lifetime,
-    )?)
-}
 
 /// The files a certificate source reads.
 fn certificate_files(source: &CertSource) -> Vec<PathBuf> {
@@ -81,104 +54,30 @@ impl Fingerprints {
     }
 }
 
-/// Reloads the live policy and credentials from their files.
+/// Watches the policy and certificate files and has the store reload what changed.
 pub struct Reloader {
-    policy_path: Option<PathBuf>,
-    certs: CertSource,
-    trust_domain: String,
-    session_lifetime: Duration,
-    policy: Arc<Live<PolicySnapshot>>,
-    tls: Arc<Live<TlsSnapshot>>,
-    metrics: Arc<Metrics>,
+    store: Arc<Store>,
     seen: Mutex<Fingerprints>,
 }
 
 impl Reloader {
-    pub fn new(
-        config: &crate::config::Config,
-        loaded: Fingerprints,
-        policy: Arc<Live<PolicySnapshot>>,
-        tls: Arc<Live<TlsSnapshot>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// `loaded`: the fingerprints taken before the store's first load.
+    pub fn new(store: Arc<Store>, loaded: Fingerprints) -> Self {
         Reloader {
-            policy_path: config.policy.clone(),
-            certs: config.certs.clone(),
-            trust_domain: config.trust_domain.clone(),
-            session_lifetime: config.session_lifetime,
-            policy,
-            tls,
-            metrics,
+            store,
             seen: Mutex::new(loaded),
         }
     }
 
     /// Reloads whatever changed since the last look; everything when `forced` (SIGHUP).
     pub fn check(&self, forced: bool) {
-        let now = Fingerprints::of(self.policy_path.as_deref(), &self.certs);
+        let now = Fingerprints::of(self.store.policy_path(), self.store.certificate_source());
         let before = std::mem::replace(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner), now);
         if forced || now.policy != before.policy {
-            self.reload_policy();
+            self.store.reload_policy_files();
         }
         if forced || now.certificates != before.certificates {
-            self.reload_certificates();
-        }
-    }
-
-    fn reload_policy(&self) {
-        let Some(path) = &self.policy_path else {
-            return;
-        };
-        let current = self.policy.current();
-        match load_policy(Some(path), &current.workload) {
-            Ok(loaded) => {
-                let generation = current.generation + 1;
-                let files = loaded.files.len();
-                self.policy.replace(PolicySnapshot::new(
-                    generation,
-                    current.workload.clone(),
-                    current.overrides.clone(),
-                    loaded,
-                ));
-                self.metrics.policy_reloaded(generation);
-                tracing::info!(generation, files, "policy reloaded; new connections use it");
-            }
-            Err(e) => {
-                self.metrics.policy_reload_failed();
-                tracing::error!(
-                    error = %e,
-                    generation = current.generation,
-                    "policy reload failed; the last good policy stays in force"
-                );
-            }
-        }
-    }
-
-    fn reload_certificates(&self) {
-        let current = self.tls.current();
-        match load_tls(
-            &self.certs,
-            &self.trust_domain,
-            self.session_lifetime,
-            current.generation + 1,
-        ) {
-            Ok(snapshot) => {
-                self.metrics.certificate_reloaded(snapshot.not_after);
-                tracing::info!(
-                    generation = snapshot.generation,
-                    serial = %snapshot.serial,
-                    "certificates reloaded; new handshakes use them"
-                );
-                self.tls.replace(snapshot);
-            }
-            Err(e) => {
-                self.metrics.certificate_reload_failed();
-                tracing::error!(
-                    error = %e,
-                    generation = current.generation,
-                    "certificate reload failed; the last good certificates stay in use"
-                );
-            }
+            self.store.reload_certificate_files();
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::policy::{MtlsMode, PolicySource, PortProtocol, Workload};
-use crate::state::{unix_seconds, PolicySnapshot, PortMode, TlsSnapshot};
+use crate::store::{PolicySnapshot, PortMode, TlsSnapshot};
+use crate::tls::identity::unix_seconds;
 
 /// One bound data-path listener.
 #[derive(Debug, Clone, Serialize)]

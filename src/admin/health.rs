@@ -13,7 +13,8 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
 use super::server::{not_found, text, Routes};
-use crate::state::{Live, TlsSnapshot};
+use crate::store::Store;
+use crate::tls::identity::unix_seconds;
 
 /// The readiness probe's path, as Istio's sidecar serves it on 15021.
 pub const READY_PATH: &str = "/healthz/ready";
@@ -34,15 +35,15 @@ pub enum NotReady {
 pub struct Readiness {
     listeners_bound: AtomicBool,
     draining: AtomicBool,
-    tls: Arc<Live<TlsSnapshot>>,
+    store: Arc<Store>,
 }
 
 impl Readiness {
-    pub fn new(tls: Arc<Live<TlsSnapshot>>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         Readiness {
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            tls,
+            store,
         }
     }
 
@@ -63,11 +64,11 @@ impl Readiness {
         if !self.listeners_bound.load(Ordering::SeqCst) {
             return Err(NotReady::Starting);
         }
-        let tls = self.tls.current();
+        let tls = self.store.tls();
         if tls.is_expired(now) {
             return Err(NotReady::CertificateExpired {
                 serial: tls.serial.clone(),
-                not_after: crate::state::unix_seconds(tls.not_after),
+                not_after: unix_seconds(tls.not_after),
             });
         }
         Ok(())

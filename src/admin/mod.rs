@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use hyper::StatusCode;
 
 use crate::metrics::Metrics;
-use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+use crate::store::Store;
 use config_dump::{Addresses, ConfigDump};
 use health::Readiness;
 use server::Routes;
@@ -27,8 +27,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// What the admin endpoint reads; all of it shared with the data path, nothing copied.
 pub struct Admin {
     pub addresses: Addresses,
-    pub policy: Arc<Live<PolicySnapshot>>,
-    pub tls: Arc<Live<TlsSnapshot>>,
+    pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
 }
@@ -48,7 +47,7 @@ impl Admin {
 
     fn config_dump(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
         let now = SystemTime::now();
-        let (policy, tls) = (self.policy.current(), self.tls.current());
+        let (policy, tls) = (self.store.policy(), self.store.tls());
         let dump = ConfigDump::new(&self.addresses, &policy, &tls, self.readiness.check(now), now);
         match serde_json::to_string_pretty(&dump) {
             Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),

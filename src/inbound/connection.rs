@@ -18,13 +18,12 @@ use crate::outcome::client_text::LogStyle;
 use crate::outcome::record::Record;
 use crate::outcome::{Action, Reason};
 use crate::policy::{AppProtocol, MtlsMode};
-use crate::state::{Live, PolicySnapshot, TlsSnapshot};
+use crate::store::Store;
 use crate::tls::client_hello::ClientHello;
 
 /// What every connection handler shares: the live policy and credentials and the limits.
 pub struct DataPath {
-    pub policy: Arc<Live<PolicySnapshot>>,
-    pub tls: Arc<Live<TlsSnapshot>>,
+    pub store: Arc<Store>,
     pub limits: Limits,
     /// How the access log writes what clients sent.
     pub log_style: LogStyle,
@@ -43,7 +42,7 @@ impl DataPath {
     pub async fn serve(&self, mut client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
         let started = Instant::now();
         let mut record = Record::refused(source, app.port(), Reason::ClientClosedEarly);
-        let policy = self.policy.current();
+        let policy = self.store.policy();
         let port = policy.port(app.port());
         record.mode = Some(port.policy.mode);
         record.policy = Some(port.label.clone());
@@ -113,7 +112,7 @@ impl DataPath {
         app: SocketAddr,
         record: &mut Record,
     ) {
-        let tls = self.tls.current();
+        let tls = self.store.tls();
         let handshake_started = Instant::now();
         let hello_size = prefix.len();
         let handshake = terminate(

@@ -15,9 +15,11 @@ mod document;
 mod error;
 mod legacy;
 mod legacy_policy;
+mod load;
 mod node;
 mod parse;
 mod peer_authentication;
+mod ports;
 mod protocol;
 mod resolve;
 mod service;
@@ -30,6 +32,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
+pub use ports::{ResolvedPort, WorkloadPorts};
 pub use protocol::{parse_override, AppProtocol, ConflictingOverride, PortProtocol, ProtocolOverrides};
 pub use set::{Loaded, PolicySet};
 

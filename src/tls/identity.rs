@@ -138,6 +138,12 @@ pub fn peer_certificate(cert: &CertificateDer<'_>, trust_domain: &str) -> Option
     })
 }
 
+/// Seconds since the Unix epoch (0 for earlier times), as `/config_dump`, readiness and the
+/// expiry metric show certificate times.
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A certificate's `notAfter` (the epoch for a date before it).
 pub fn not_after(parsed: &X509Certificate<'_>) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs())

@@ -1,0 +1,196 @@
+//! Live state, with one owner: the policy and the credentials in force.
+//!
+//! The store loads, validates, keeps the last good snapshot and publishes it; a connection
+//! takes a snapshot once and keeps it, so a change never alters the rules under an open
+//! connection. Where new state comes from is not its business: a *source* hands it validated
+//! documents ([`Store::publish_policy`]) or credentials ([`Store::publish_credentials`]). The
+//! files are one source ([`Store::reload_policy_files`], [`Store::reload_certificate_files`]);
+//! the Kubernetes API and the mesh CA plug in the same way. `reload` decides *when*; the data
+//! path only reads.
+//!
+//! - `live`: a value replaced whole.
+//! - `policy`: one policy generation resolved for the workload (`PolicySnapshot`).
+//! - `tls`: one credentials generation ready for handshakes (`TlsSnapshot`).
+
+mod live;
+mod policy;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use live::Live;
+pub use policy::{PolicySnapshot, PortMode};
+pub use tls::TlsSnapshot;
+
+use crate::config::{CertSource, Config};
+use crate::metrics::Metrics;
+use crate::policy::{Loaded, PolicyError, ProtocolOverrides, Workload};
+use crate::tls::credentials::{Credentials, CredentialsError};
+use crate::tls::server_config::ServerConfigError;
+
+/// Why new certificates could not be put in use.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsLoadError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("TLS configuration: {0}")]
+    ServerConfig(#[from] ServerConfigError),
+}
+
+/// Why the store could not open: nothing to serve with yet.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("certificates: {0}")]
+    Certificates(#[from] TlsLoadError),
+}
+
+/// What turns documents and credentials into snapshots; fixed for the process.
+struct Settings {
+    /// `--app-protocol`, applied to every policy generation.
+    overrides: ProtocolOverrides,
+    trust_domain: String,
+    session_lifetime: Duration,
+    /// The file sources.
+    policy_path: Option<PathBuf>,
+    certs: CertSource,
+}
+
+pub struct Store {
+    policy: Live<PolicySnapshot>,
+    tls: Live<TlsSnapshot>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// Loads the first policy and credentials from the configured files; either failing is
+    /// fatal at start, unlike on reload.
+    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
+        let settings = Settings {
+            overrides: config.app_protocols.clone(),
+            trust_domain: config.trust_domain.clone(),
+            session_lifetime: config.session_lifetime,
+            policy_path: config.policy.clone(),
+            certs: config.certs.clone(),
+        };
+        let loaded = Loaded::from_path(settings.policy_path.as_deref())?;
+        let policy = settings.policy_snapshot(1, config.workload.clone(), loaded);
+        let tls = settings.tls_snapshot(1, &read_credentials(&settings.certs)?)?;
+        metrics.policy_in_force(1);
+        metrics.certificate_in_force(tls.not_after);
+        Ok(Store {
+            policy: Live::new(policy),
+            tls: Live::new(tls),
+            settings,
+            metrics,
+        })
+    }
+
+    /// The policy in force: take it once per connection.
+    pub fn policy(&self) -> Arc<PolicySnapshot> {
+        self.policy.current()
+    }
+
+    /// The credentials in force: take them once per handshake.
+    pub fn tls(&self) -> Arc<TlsSnapshot> {
+        self.tls.current()
+    }
+
+    /// The policy files the file source reads, if any.
+    pub fn policy_path(&self) -> Option<&std::path::Path> {
+        self.settings.policy_path.as_deref()
+    }
+
+    /// The certificate files the file source reads.
+    pub fn certificate_source(&self) -> &CertSource {
+        &self.settings.certs
+    }
+
+    /// Puts a validated policy in force as the next generation; new connections use it.
+    pub fn publish_policy(&self, loaded: Loaded) -> u64 {
+        let current = self.policy();
+        let generation = current.generation + 1;
+        let files = loaded.files.len();
+        self.policy.replace(
+            self.settings
+                .policy_snapshot(generation, current.workload.clone(), loaded),
+        );
+        self.metrics.policy_reloaded(generation);
+        tracing::info!(generation, files, "policy reloaded; new connections use it");
+        generation
+    }
+
+    /// Puts credentials in force as the next generation; new handshakes use them and every
+    /// earlier TLS session ends (its resumption store goes with the old generation). A set that
+    /// cannot make a TLS configuration keeps the old one.
+    pub fn publish_credentials(&self, credentials: &Credentials) -> Result<(), TlsLoadError> {
+        let generation = self.tls().generation + 1;
+        let snapshot = self.settings.tls_snapshot(generation, credentials)?;
+        self.metrics.certificate_reloaded(snapshot.not_after);
+        tracing::info!(generation, serial = %snapshot.serial, "certificates reloaded; new handshakes use them");
+        self.tls.replace(snapshot);
+        Ok(())
+    }
+
+    /// Re-reads the policy files; a failure keeps the last good policy and is counted.
+    pub fn reload_policy_files(&self) {
+        if self.settings.policy_path.is_none() {
+            return;
+        }
+        match Loaded::from_path(self.settings.policy_path.as_deref()) {
+            Ok(loaded) => {
+                self.publish_policy(loaded);
+            }
+            Err(e) => {
+                self.metrics.policy_reload_failed();
+                tracing::error!(
+                    error = %e,
+                    generation = self.policy().generation,
+                    "policy reload failed; the last good policy stays in force"
+                );
+            }
+        }
+    }
+
+    /// Re-reads the certificate files; a failure keeps the last good credentials and is counted.
+    pub fn reload_certificate_files(&self) {
+        let published = read_credentials(&self.settings.certs).and_then(|c| self.publish_credentials(&c));
+        if let Err(e) = published {
+            self.metrics.certificate_reload_failed();
+            tracing::error!(
+                error = %e,
+                generation = self.tls().generation,
+                "certificate reload failed; the last good certificates stay in use"
+            );
+        }
+    }
+}
+
+impl Settings {
+    fn policy_snapshot(&self, generation: u64, workload: Workload, loaded: Loaded) -> PolicySnapshot {
+        for warning in loaded.warnings_for(&workload) {
+            tracing::warn!("policy: {warning}");
+        }
+        PolicySnapshot::new(generation, workload, &self.overrides, loaded)
+    }
+
+    fn tls_snapshot(&self, generation: u64, credentials: &Credentials) -> Result<TlsSnapshot, TlsLoadError> {
+        Ok(TlsSnapshot::new(
+            generation,
+            credentials,
+            &self.trust_domain,
+            self.session_lifetime,
+        )?)
+    }
+}
+
+fn read_credentials(source: &CertSource) -> Result<Credentials, TlsLoadError> {
+    Ok(match source {
+        CertSource::Dir(dir) => Credentials::load_dir(dir)?,
+        CertSource::Files { cert, key, ca } => Credentials::load_files(cert, key, ca)?,
+    })
+}
