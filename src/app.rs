@@ -15,6 +15,7 @@ use crate::admin::{server, Admin};
 use crate::cli::LogFormat;
 use crate::config::Config;
 use crate::inbound::connection::DataPath;
+use crate::inbound::cut::Cut;
 use crate::inbound::listener::{Listener, Route};
 use crate::metrics::Metrics;
 use crate::net;
@@ -45,6 +46,9 @@ impl From<OpenError> for StartError {
     }
 }
 
+/// How long cut connections get to write their records before the drain returns.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 /// A started proxy: where it listens, and the handle that stops it.
 pub struct Running {
     /// The transparent listener's bound address.
@@ -60,6 +64,8 @@ pub struct Running {
     readiness: Arc<Readiness>,
     /// Stops the data-path listeners.
     shutdown: watch::Sender<bool>,
+    /// Ends the connections a drain leaves open.
+    cut: Arc<Cut>,
     /// Stops the admin and health endpoints and the reload watcher, after the drain: the
     /// readiness probe must keep answering 503 while connections drain.
     endpoints_shutdown: watch::Sender<bool>,
@@ -76,6 +82,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::open(config, metrics.clone())?);
     let readiness = Arc::new(Readiness::new(store.clone()));
+    let cut = Arc::new(Cut::default());
     let data_path = Arc::new(DataPath {
         store: store.clone(),
         limits: config.limits,
@@ -83,6 +90,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             LogFormat::Text => LogStyle::Text,
             LogFormat::Json => LogStyle::Json,
         },
+        cut: cut.clone(),
     });
     let (endpoints_shutdown, endpoints_stop) = watch::channel(false);
 
@@ -160,6 +168,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store,
         readiness,
         shutdown,
+        cut,
         endpoints_shutdown,
         listeners: tasks,
         connections,
@@ -176,17 +185,23 @@ fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Start
 
 impl Running {
     /// Readiness goes 503, accepting stops (listeners close), then open connections get up to
-    /// `drain_timeout` to finish. Returns how many were still open when the time ran out.
+    /// `drain_timeout` to finish; those still open then are cut (each still ends in a record,
+    /// `end=drained` or `reason=drained`), as ztunnel's drain does. Returns how many were cut.
     pub async fn drain(mut self, drain_timeout: Duration) -> usize {
         self.readiness.draining();
         self.shutdown.send_replace(true);
         while self.listeners.join_next().await.is_some() {}
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let everyone_done = self.connections.acquire_many(all);
-        let left = match tokio::time::timeout(drain_timeout, everyone_done).await {
+        let left = match tokio::time::timeout(drain_timeout, self.connections.acquire_many(all)).await {
             Ok(_) => 0,
             Err(_) => self.max_connections - self.connections.available_permits(),
         };
+        if left > 0 {
+            self.cut.cut();
+            // A cut connection ends at its next poll; this bound only guards against a task
+            // stuck outside the data path.
+            let _ = tokio::time::timeout(CUT_GRACE, self.connections.acquire_many(all)).await;
+        }
         self.endpoints_shutdown.send_replace(true);
         left
     }

@@ -448,3 +448,49 @@ async fn a_hostile_alpn_is_logged_escaped_in_one_record() {
     assert_eq!(line["reason"], "mtls");
     assert_eq!(line["peer"], mesh_id("client").to_string());
 }
+
+#[tokio::test]
+async fn a_drain_cuts_what_its_deadline_leaves_open_and_logs_each_cut() {
+    let setup = Setup::new("ops-cut").await;
+    let mut proxy = Binary::start(&setup.args(&["--drain-timeout", "1s", "--sniff-timeout", "60s"])).await;
+    let address = proxy.listen[0];
+    let mut forwarding = TcpStream::connect(address).await.unwrap();
+    assert!(echoes(&mut forwarding, b"idle after this").await);
+    // Connected, but not a byte sent: still being classified when the deadline comes.
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    let admin = proxy.admin;
+    eventually("both connections to be open in the proxy", || async {
+        let scrape = get(admin, "/stats/prometheus").await.ok()?.body;
+        (sample(&scrape, "peerguard_active_connections") == Some(2.0)).then_some(())
+    })
+    .await;
+
+    proxy.signal("TERM");
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        let line = proxy.log_line("connection").await;
+        if line["target"] == "peerguard::access" {
+            records.push(line);
+        }
+    }
+    records.sort_by_key(|r| r["end"].as_str().map(str::to_owned));
+    assert_eq!(
+        (records[0]["reason"].as_str(), records[0]["end"].as_str()),
+        (Some("drained"), Some("-")),
+        "the silent connection: {}",
+        records[0]
+    );
+    assert_eq!(
+        (records[1]["reason"].as_str(), records[1]["end"].as_str()),
+        (Some("passthrough_plaintext"), Some("drained")),
+        "the forwarding connection: {}",
+        records[1]
+    );
+    assert_eq!(records[1]["bytes_to_app"], 15);
+    for stream in [&mut forwarding, &mut silent] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(QUIET * 10, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the proxy closed its side");
+    }
+    assert_eq!(proxy.exit_status().await.code(), Some(0));
+}

@@ -44,8 +44,19 @@ pub struct Classified {
     pub sniffed: Sniffed,
     /// Every byte read so far, to replay to whoever handles the connection next.
     pub prefix: Vec<u8>,
-    /// Time spent waiting for and reading the first bytes.
-    pub elapsed: Duration,
+    /// Time spent waiting for and reading the first bytes; `None` when they were not read.
+    pub elapsed: Option<Duration>,
+}
+
+impl Classified {
+    /// The first bytes of a connection that is forwarded without reading them (DISABLE).
+    pub fn not_read() -> Self {
+        Classified {
+            sniffed: Sniffed::NotRead,
+            prefix: Vec::new(),
+            elapsed: None,
+        }
+    }
 }
 
 /// Why no classification could be made.
@@ -101,7 +112,7 @@ pub async fn classify<S: AsyncRead + Unpin>(stream: &mut S, limits: SniffLimits)
     Ok(Classified {
         sniffed,
         prefix: buf,
-        elapsed: started.elapsed(),
+        elapsed: Some(started.elapsed()),
     })
 }
 
@@ -130,7 +141,7 @@ mod tests {
         let got = classify(&mut server, LIMITS).await.unwrap();
         assert_eq!(got.sniffed, Sniffed::Silent);
         assert!(got.prefix.is_empty());
-        assert!(got.elapsed >= LIMITS.timeout);
+        assert!(got.elapsed >= Some(LIMITS.timeout));
     }
 
     #[tokio::test]

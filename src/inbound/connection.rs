@@ -1,35 +1,117 @@
 //! One connection, start to finish, as the spec reads: resolve the port's mode -> classify the
-//! first bytes -> decide -> terminate, forward or refuse -> one record.
+//! first bytes -> decide -> terminate, forward or refuse -> one record. Each stage returns its
+//! piece; [`DataPath::stages`] puts them together, so one function says why a connection ended.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::config::Limits;
-use crate::inbound::classify::{classify, ClassifyError, SniffLimits, Sniffed};
-use crate::inbound::decide::decide;
+use crate::inbound::classify::{classify, Classified, ClassifyError, SniffLimits, Sniffed};
+use crate::inbound::cut::Cut;
+use crate::inbound::decide::{decide, reads_first_bytes};
 use crate::inbound::forward::forward;
 use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
-use crate::outcome::record::Record;
-use crate::outcome::{Action, Reason};
-use crate::policy::{AppProtocol, MtlsMode};
-use crate::store::Store;
-use crate::tls::client_hello::ClientHello;
+use crate::outcome::record::{Ended, Record, TlsRecord};
+use crate::outcome::{Action, Reason, Transferred};
+use crate::policy::AppProtocol;
+use crate::store::{PortMode, Store};
 
-/// What every connection handler shares: the live policy and credentials and the limits.
+/// What every connection handler shares: the live policy and credentials, the limits, and the
+/// signal that cuts what a drain leaves open.
 pub struct DataPath {
     pub store: Arc<Store>,
     pub limits: Limits,
     /// How the access log writes what clients sent.
     pub log_style: LogStyle,
+    /// Set when the drain deadline has passed: open connections end at once.
+    pub cut: Arc<Cut>,
 }
 
 impl DataPath {
+    /// Serves one accepted connection whose app is at `app` (the workload port is its port)
+    /// and returns its record. Debug lines inside it carry a span naming the connection.
+    pub async fn serve(&self, client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
+        let started = Instant::now();
+        let policy = self.store.policy();
+        let port = policy.port(app.port());
+        let span = tracing::debug_span!("connection", %source, port = app.port(), mode = port.policy.mode.as_str());
+        let stages = self.stages(client, app, port).instrument(span);
+        tokio::pin!(stages);
+        let ended = tokio::select! {
+            ended = &mut stages => ended,
+            // A connection that is forwarding sees the cut itself and ends with its bytes
+            // counted: polled once more now, it does (in the poll that woke this branch it may
+            // have come first). One still before the app (sniffing, handshaking, connecting)
+            // stays pending and ends here.
+            () = self.cut.wait() => match poll_once(stages.as_mut()).await {
+                Some(ended) => ended,
+                None => Ended::refused(Reason::Drained),
+            },
+        };
+        let applied = Some((port.policy.mode, port.label.clone()));
+        Record::new(source, app.port(), applied, ended, started.elapsed())
+    }
+
+    /// classify -> decide -> refuse, forward, or terminate then forward.
+    async fn stages(&self, mut client: TcpStream, app: SocketAddr, port: &PortMode) -> Ended {
+        let mode = port.policy.mode;
+        let classified = if reads_first_bytes(mode) {
+            match classify(&mut client, self.sniff_limits()).await {
+                Ok(classified) => classified,
+                Err(ClassifyError::ClosedEarly) => return Ended::refused(Reason::ClientClosedEarly),
+                Err(ClassifyError::Io(_)) => return Ended::refused(Reason::ClientIoError),
+            }
+        } else {
+            Classified::not_read()
+        };
+        let decision = decide(mode, &classified.sniffed, port.policy.http_alpn);
+        let sniff_time = classified.elapsed;
+        let prefix = classified.prefix;
+        let mut tls = match classified.sniffed {
+            Sniffed::Tls(hello) => Some(TlsRecord::offered(hello, prefix.len())),
+            _ => None,
+        };
+        let reached_app = match (decision.action, tls.as_deref_mut()) {
+            (Action::Refuse, _) => {
+                reset(client);
+                Err(decision.reason)
+            }
+            (Action::Passthrough, _) => self.forward_to_app(client, prefix, app).await,
+            // Boxed: the handshake and the TLS stream are large, and a task is as big as its
+            // largest state; only terminated connections should pay for them.
+            (Action::Terminate, Some(tls)) => {
+                Box::pin(self.terminate_then_forward(client, prefix, tls, port.protocol.protocol, app)).await
+            }
+            // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
+            (Action::Terminate, None) => Err(Reason::HandshakeFailed),
+        };
+        match reached_app {
+            Ok(transfer) => Ended {
+                action: decision.action,
+                reason: decision.reason,
+                sniff_time,
+                tls,
+                transfer: Some(transfer),
+            },
+            Err(reason) => Ended {
+                sniff_time,
+                tls,
+                ..Ended::refused(reason)
+            },
+        }
+    }
+
     fn sniff_limits(&self) -> SniffLimits {
         SniffLimits {
             max_client_hello: self.limits.max_client_hello,
@@ -37,147 +119,103 @@ impl DataPath {
         }
     }
 
-    /// Serves one accepted connection whose app is at `app` (the workload port is its port)
-    /// and returns its record.
-    pub async fn serve(&self, mut client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
-        let started = Instant::now();
-        let mut record = Record::refused(source, app.port(), Reason::ClientClosedEarly);
-        let policy = self.store.policy();
-        let port = policy.port(app.port());
-        record.mode = Some(port.policy.mode);
-        record.policy = Some(port.label.clone());
-
-        let (sniffed, prefix) = if port.policy.mode == MtlsMode::Disable {
-            (Sniffed::NotRead, Vec::new())
-        } else {
-            match classify(&mut client, self.sniff_limits()).await {
-                Ok(classified) => {
-                    record.sniff_time = Some(classified.elapsed);
-                    (classified.sniffed, classified.prefix)
-                }
-                Err(e) => {
-                    record.reason = match e {
-                        ClassifyError::ClosedEarly => Reason::ClientClosedEarly,
-                        ClassifyError::Io(_) => Reason::ClientIoError,
-                    };
-                    record.duration = started.elapsed();
-                    return record;
-                }
-            }
-        };
-        let decision = decide(port.policy.mode, &sniffed, port.policy.http_alpn);
-        record.action = decision.action;
-        record.reason = decision.reason;
-        let hello = match sniffed {
-            Sniffed::Tls(hello) => Some(hello),
-            _ => None,
-        };
-        match (decision.action, hello) {
-            (Action::Refuse, hello) => {
-                if let Some(hello) = hello {
-                    record.note_hello(hello, prefix.len());
-                }
-                reset(client);
-            }
-            (Action::Passthrough, hello) => {
-                if let Some(hello) = hello {
-                    record.note_hello(hello, prefix.len());
-                }
-                self.connect_and_forward(client, prefix, app, &mut record).await;
-            }
-            // Boxed: the handshake and the TLS stream are large, and a task is as big as its
-            // largest state; only terminated connections should pay for them.
-            (Action::Terminate, Some(hello)) => {
-                let protocol = port.protocol.protocol;
-                Box::pin(self.terminate_and_forward(client, prefix, hello, protocol, app, &mut record)).await
-            }
-            // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
-            (Action::Terminate, None) => {
-                record.action = Action::Refuse;
-                record.reason = Reason::HandshakeFailed;
-            }
-        }
-        record.duration = started.elapsed();
-        record
-    }
-
     /// The mTLS handshake with the configuration that fits the client's ALPN list and the app's
-    /// protocol, then the decrypted stream to the app.
-    async fn terminate_and_forward(
+    /// protocol (what it found goes into `tls`), then the decrypted stream to the app.
+    async fn terminate_then_forward(
         &self,
         client: TcpStream,
         prefix: Vec<u8>,
-        hello: ClientHello,
+        tls: &mut TlsRecord,
         protocol: AppProtocol,
         app: SocketAddr,
-        record: &mut Record,
-    ) {
-        let tls = self.store.tls();
-        let handshake_started = Instant::now();
-        let hello_size = prefix.len();
+    ) -> Result<Transferred, Reason> {
+        let credentials = self.store.tls();
+        let started = Instant::now();
         let handshake = terminate(
             client,
             prefix,
-            &hello.alpn,
+            &tls.alpn,
             protocol,
-            &tls.acceptors,
+            &credentials.acceptors,
             self.limits.handshake_timeout,
         )
         .await;
-        drop(tls);
-        let details = record.note_hello(hello, hello_size);
-        details.resumption_declined = handshake.declined;
-        match handshake.result {
-            Ok(terminated) => {
-                details.handshake_time = Some(handshake_started.elapsed());
-                details.resumed = terminated.peer.resumed;
-                details.peer = Some(terminated.peer.id);
-                details.negotiated_alpn = terminated.alpn;
-                self.connect_and_forward(terminated.stream, Vec::new(), app, record)
-                    .await;
-            }
-            Err(reason) => {
-                record.action = Action::Refuse;
-                record.reason = reason;
-            }
-        }
+        drop(credentials);
+        tls.resumption_declined = handshake.declined;
+        let terminated = handshake.result?;
+        tls.handshake_time = Some(started.elapsed());
+        tls.resumed = terminated.peer.resumed;
+        tls.peer = Some(terminated.peer.id);
+        tls.negotiated_alpn = terminated.alpn;
+        self.forward_to_app(terminated.stream, Vec::new(), app).await
     }
 
-    /// Connects to the app, replays `prefix`, then copies both ways.
-    async fn connect_and_forward<C>(&self, mut client: C, prefix: Vec<u8>, app: SocketAddr, record: &mut Record)
+    /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
+    async fn forward_to_app<C>(&self, mut client: C, prefix: Vec<u8>, app: SocketAddr) -> Result<Transferred, Reason>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let source = net::upstream_source(app.ip());
-        let mut upstream = match net::connect_upstream(app, source, self.limits.connect_timeout).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
+        let mut upstream = net::connect_upstream(app, source, self.limits.connect_timeout)
+            .await
+            .map_err(|e| {
                 tracing::debug!(%app, error = %e, "connecting to the app failed");
-                record.action = Action::Refuse;
-                record.reason = Reason::UpstreamConnectFailed;
-                return;
-            }
-        };
-        if !prefix.is_empty() {
-            if let Err(e) = upstream.write_all(&prefix).await {
-                tracing::debug!(%app, error = %e, "replaying the first bytes to the app failed");
-                record.reason = Reason::UpstreamConnectFailed;
-                record.action = Action::Refuse;
-                return;
-            }
-        }
+                Reason::UpstreamConnectFailed
+            })?;
+        replay(&mut upstream, &prefix).await?;
         let replayed = prefix.len() as u64;
         drop(prefix);
-        let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout).await;
-        record.to_app = replayed + transferred.to_app;
-        record.to_client = transferred.to_client;
-        record.end = Some(transferred.end);
+        let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout, self.cut.wait()).await;
+        Ok(Transferred {
+            to_app: replayed + transferred.to_app,
+            ..transferred
+        })
     }
+}
+
+/// Writes the bytes read while classifying to the app, first.
+async fn replay<W: AsyncWrite + Unpin>(upstream: &mut W, prefix: &[u8]) -> Result<(), Reason> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    upstream.write_all(prefix).await.map_err(|e| {
+        tracing::debug!(error = %e, "replaying the first bytes to the app failed");
+        Reason::UpstreamReplayFailed
+    })
+}
+
+/// Polls `future` once: its output if it is ready now.
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Closes a refused connection with a reset rather than a FIN, as Envoy does when no filter
 /// chain matches: the client learns at once that nothing is there (curl exits 56), instead of
 /// seeing an empty but orderly reply.
 fn reset(client: TcpStream) {
-    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_replay_is_its_own_reason() {
+        let (mut proxy_side, app_side) = tokio::io::duplex(64);
+        drop(app_side);
+        assert_eq!(
+            replay(&mut proxy_side, b"GET / HTTP/1.1\r\n").await,
+            Err(Reason::UpstreamReplayFailed)
+        );
+        assert_eq!(
+            replay(&mut proxy_side, b"").await,
+            Ok(()),
+            "nothing to replay, nothing to fail"
+        );
+    }
 }

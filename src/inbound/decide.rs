@@ -30,6 +30,12 @@ pub fn is_mesh_alpn(protocol: &[u8], http_alpn: bool) -> bool {
     ISTIO_ALPNS.contains(&protocol) || (http_alpn && HTTP_ALPNS.contains(&protocol))
 }
 
+/// The first column of the decision table: whether a port's connections are read before
+/// deciding. DISABLE ports forward at once (server-first protocols work); the rest classify.
+pub fn reads_first_bytes(mode: MtlsMode) -> bool {
+    mode != MtlsMode::Disable
+}
+
 /// The decision table of PRODUCT.md §2.3.
 pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
     use Action::{Passthrough, Refuse, Terminate};

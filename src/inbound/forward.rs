@@ -17,21 +17,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::outcome::End;
+use crate::outcome::{End, Transferred};
 
 /// Bytes read per poll from one side: the per-direction buffer bound of PRODUCT.md §5.
 pub const CHUNK: usize = 32 * 1024;
 
 /// Reads per direction before letting the other direction and other tasks run.
 const READS_PER_POLL: usize = 16;
-
-/// What crossed the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transferred {
-    pub to_app: u64,
-    pub to_client: u64,
-    pub end: End,
-}
 
 /// One direction's state. `spill` holds bytes read but not yet accepted by the destination.
 #[derive(Default)]
@@ -142,13 +134,20 @@ impl Direction {
     }
 }
 
-/// Copies `client` <-> `app` until both directions end, one of them fails, or nothing moves
-/// for `idle_timeout`. Each EOF is passed on as a write shutdown (half-close).
-pub async fn forward<C, A>(client: &mut C, app: &mut A, idle_timeout: Duration) -> Transferred
+/// Copies `client` <-> `app` until both directions end, one of them fails, nothing moves for
+/// `idle_timeout`, or `cut` resolves (a drain's deadline). Each EOF is passed on as a write
+/// shutdown (half-close).
+pub async fn forward<C, A>(
+    client: &mut C,
+    app: &mut A,
+    idle_timeout: Duration,
+    cut: impl Future<Output = ()>,
+) -> Transferred
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
+    tokio::pin!(cut);
     let mut to_app = Direction::default();
     let mut to_client = Direction::default();
     let mut last_activity = Instant::now();
@@ -158,6 +157,9 @@ where
     tokio::pin!(idle);
 
     let end = poll_fn(|cx| {
+        if cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Drained);
+        }
         let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
         let mut moved = false;
         if !to_app.done() {
@@ -227,10 +229,15 @@ mod tests {
     async fn copies_both_ways_and_passes_half_close_on() {
         let (mut client, mut proxy_client_side) = tcp_pair().await;
         let (mut proxy_app_side, mut app) = tcp_pair().await;
-        let proxy =
-            tokio::spawn(
-                async move { forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_secs(10)).await },
-            );
+        let proxy = tokio::spawn(async move {
+            forward(
+                &mut proxy_client_side,
+                &mut proxy_app_side,
+                Duration::from_secs(10),
+                std::future::pending(),
+            )
+            .await
+        });
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -265,7 +272,12 @@ mod tests {
         let (mut proxy_app_side, _app) = tcp_pair().await;
         let done = tokio::time::timeout(
             Duration::from_secs(5),
-            forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_millis(200)),
+            forward(
+                &mut proxy_client_side,
+                &mut proxy_app_side,
+                Duration::from_millis(200),
+                std::future::pending(),
+            ),
         )
         .await
         .expect("idle timeout fires well before the test's own limit");
@@ -277,7 +289,13 @@ mod tests {
         let (mut client, mut proxy_client_side) = tcp_pair().await;
         let (mut proxy_app_side, mut app) = tcp_pair().await;
         let proxy = tokio::spawn(async move {
-            forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_millis(300)).await
+            forward(
+                &mut proxy_client_side,
+                &mut proxy_app_side,
+                Duration::from_millis(300),
+                std::future::pending(),
+            )
+            .await
         });
         // Ten messages 100 ms apart: a full second, more than three idle periods.
         let mut one = [0u8; 1];
@@ -300,10 +318,15 @@ mod tests {
     async fn a_reset_app_ends_the_connection_as_an_app_error() {
         let (mut client, mut proxy_client_side) = tcp_pair().await;
         let (mut proxy_app_side, app) = tcp_pair().await;
-        let proxy =
-            tokio::spawn(
-                async move { forward(&mut proxy_client_side, &mut proxy_app_side, Duration::from_secs(10)).await },
-            );
+        let proxy = tokio::spawn(async move {
+            forward(
+                &mut proxy_client_side,
+                &mut proxy_app_side,
+                Duration::from_secs(10),
+                std::future::pending(),
+            )
+            .await
+        });
         socket2::SockRef::from(&app).set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
         drop(app);
         let done = tokio::time::timeout(Duration::from_secs(5), proxy)

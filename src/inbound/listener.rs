@@ -12,7 +12,7 @@ use crate::config::AppHost;
 use crate::inbound::connection::DataPath;
 use crate::metrics::Metrics;
 use crate::net;
-use crate::outcome::record::Record;
+use crate::outcome::record::{Ended, Record};
 use crate::outcome::Reason;
 
 /// Where a listener's connections go.
@@ -72,7 +72,9 @@ impl Listener {
                 let _active = metrics.connection_opened();
                 let record = match app_of(&route, &client) {
                     Ok(app) => data_path.serve(client, source, app).await,
-                    Err(own_port) => Record::refused(source, own_port, Reason::OwnPort),
+                    Err(own_port) => {
+                        Record::new(source, own_port, None, Ended::refused(Reason::OwnPort), Duration::ZERO)
+                    }
                 };
                 record.log(data_path.log_style);
                 metrics.connection_ended(&record);

@@ -6,9 +6,11 @@
 //! - `terminate`: rustls handshake, peer SPIFFE identity.
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `prefixed`: replay of the bytes read while classifying.
+//! - `cut`: what ends the connections a drain leaves open.
 
 pub mod classify;
 pub mod connection;
+pub mod cut;
 pub mod decide;
 pub mod forward;
 pub mod listener;

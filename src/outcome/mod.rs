@@ -75,6 +75,10 @@ pub enum Reason {
     ClientCertWrongTrustDomain,
     /// The app refused, or did not answer within the connect timeout.
     UpstreamConnectFailed,
+    /// Connected to the app, but writing the bytes read while classifying to it failed.
+    UpstreamReplayFailed,
+    /// Still before the app (sniffing, handshaking, connecting) when the drain deadline came.
+    Drained,
     /// The original destination is one of peerguard's own ports.
     OwnPort,
     /// A socket error while reading the first bytes.
@@ -82,7 +86,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Mtls,
         Reason::PassthroughPlaintext,
         Reason::PassthroughTls,
@@ -101,6 +105,8 @@ impl Reason {
         Reason::ClientCertNoSpiffeId,
         Reason::ClientCertWrongTrustDomain,
         Reason::UpstreamConnectFailed,
+        Reason::UpstreamReplayFailed,
+        Reason::Drained,
         Reason::OwnPort,
         Reason::ClientIoError,
     ];
@@ -125,6 +131,8 @@ impl Reason {
             Reason::ClientCertNoSpiffeId => "client_cert_no_spiffe_id",
             Reason::ClientCertWrongTrustDomain => "client_cert_wrong_trust_domain",
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
+            Reason::UpstreamReplayFailed => "upstream_replay_failed",
+            Reason::Drained => "drained",
             Reason::OwnPort => "own_port",
             Reason::ClientIoError => "client_io_error",
         }
@@ -142,6 +150,8 @@ pub enum End {
     ClientError,
     /// A read or write on the app side failed.
     AppError,
+    /// The drain deadline passed with the connection still open.
+    Drained,
 }
 
 impl End {
@@ -151,8 +161,17 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::ClientError => "client_error",
             End::AppError => "app_error",
+            End::Drained => "drained",
         }
     }
+}
+
+/// What crossed the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    pub to_app: u64,
+    pub to_client: u64,
+    pub end: End,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::outcome::client_text::{ClientList, ClientText, LogStyle};
-use crate::outcome::{Action, End, Reason};
+use crate::outcome::{Action, End, Reason, Transferred};
 use crate::policy::MtlsMode;
 use crate::tls::client_hello::ClientHello;
 use crate::tls::identity::SpiffeId;
@@ -53,33 +53,71 @@ pub struct TlsRecord {
     pub handshake_time: Option<Duration>,
 }
 
-impl Record {
-    /// A connection that is refused for `reason` unless what follows says otherwise.
-    pub fn refused(source: SocketAddr, workload_port: u16, reason: Reason) -> Self {
-        Record {
-            source,
-            workload_port,
-            mode: None,
-            policy: None,
+/// What a connection's stages came to: each stage returns its piece, and the connection puts
+/// them together here, in one place.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub action: Action,
+    pub reason: Reason,
+    /// Time spent waiting for and reading the first bytes, when they were read.
+    pub sniff_time: Option<Duration>,
+    pub tls: Option<Box<TlsRecord>>,
+    /// What crossed the proxy, for connections that reached the app.
+    pub transfer: Option<Transferred>,
+}
+
+impl Ended {
+    /// Refused for `reason` before anything was read or sent.
+    pub fn refused(reason: Reason) -> Self {
+        Ended {
             action: Action::Refuse,
             reason,
-            to_app: 0,
-            to_client: 0,
-            end: None,
             sniff_time: None,
-            duration: Duration::ZERO,
             tls: None,
+            transfer: None,
         }
     }
+}
 
-    /// Keeps what the ClientHello (of `size` bytes) offered, for the log and the metrics.
-    pub fn note_hello(&mut self, hello: ClientHello, size: usize) -> &mut TlsRecord {
-        self.tls.insert(Box::new(TlsRecord {
+impl TlsRecord {
+    /// What a ClientHello of `size` bytes offered.
+    pub fn offered(hello: ClientHello, size: usize) -> Box<Self> {
+        Box::new(TlsRecord {
             sni: hello.sni,
             alpn: hello.alpn,
             client_hello_bytes: size,
             ..TlsRecord::default()
-        }))
+        })
+    }
+}
+
+impl Record {
+    /// The record of a connection to `workload_port` from `source`, whose `mode` was set by
+    /// `policy` (both `None` when refused before a mode applied), that `ended` so after
+    /// `duration`.
+    pub fn new(
+        source: SocketAddr,
+        workload_port: u16,
+        applied: Option<(MtlsMode, Arc<str>)>,
+        ended: Ended,
+        duration: Duration,
+    ) -> Self {
+        let (mode, policy) = applied.unzip();
+        let transfer = ended.transfer;
+        Record {
+            source,
+            workload_port,
+            mode,
+            policy,
+            action: ended.action,
+            reason: ended.reason,
+            to_app: transfer.map_or(0, |t| t.to_app),
+            to_client: transfer.map_or(0, |t| t.to_client),
+            end: transfer.map(|t| t.end),
+            sniff_time: ended.sniff_time,
+            duration,
+            tls: ended.tls,
+        }
     }
 
     /// Writes the access-log line (target `peerguard::access`) in `style`.
@@ -205,13 +243,15 @@ mod tests {
     }
 
     fn hostile_record(sni: Option<&str>, alpn: Vec<Vec<u8>>) -> Record {
-        let mut record = Record::refused("127.0.0.9:40000".parse().unwrap(), 8080, Reason::PlaintextOnStrict);
-        record.tls = Some(Box::new(TlsRecord {
-            sni: sni.map(str::to_owned),
-            alpn,
-            ..TlsRecord::default()
-        }));
-        record
+        let ended = Ended {
+            tls: Some(Box::new(TlsRecord {
+                sni: sni.map(str::to_owned),
+                alpn,
+                ..TlsRecord::default()
+            })),
+            ..Ended::refused(Reason::PlaintextOnStrict)
+        };
+        Record::new("127.0.0.9:40000".parse().unwrap(), 8080, None, ended, Duration::ZERO)
     }
 
     /// One line; each field once; `alpn` and `sni` read back to what the client sent.
