@@ -16,7 +16,7 @@
 //! - `check`, `certs`, `demo`, `iptables`: the other subcommands.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod app;
 pub mod certs;
 pub mod check;
@@ -25,10 +25,10 @@ pub mod config;
 pub mod demo;
 pub mod inbound;
 pub mod iptables;
-pub mod metrics;
+mod metrics;
 pub mod net;
 pub mod outcome;
 pub mod policy;
-pub mod reload;
+mod reload;
 pub mod store;
 pub mod tls;

@@ -9,10 +9,10 @@
 //! - `cut`: what ends the connections a drain leaves open.
 
 pub mod classify;
-pub mod connection;
-pub mod cut;
+pub(crate) mod connection;
+pub(crate) mod cut;
 pub mod decide;
-pub mod forward;
-pub mod listener;
+mod forward;
+pub(crate) mod listener;
 pub mod prefixed;
 pub mod terminate;

@@ -1,7 +1,7 @@
 //! TLS: the ClientHello parser, credentials, server configurations and their ALPN choice, peer
 //! identity, and the session store that bounds resumption.
 
-pub mod alpn;
+pub(crate) mod alpn;
 pub mod client_hello;
 pub mod credentials;
 pub mod identity;
