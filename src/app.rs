@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 
 use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::health::{self, Readiness};
-use crate::admin::{server, Admin};
+use crate::admin::{metrics_routes, server, Admin};
 use crate::cli::LogFormat;
-use crate::config::Config;
+use crate::config::{Config, DrainTimes};
 use crate::inbound::connection::DataPath;
 use crate::inbound::cut::Cut;
 use crate::inbound::listener::{Listener, Route};
@@ -59,6 +59,8 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The health endpoint's bound address.
     pub health: SocketAddr,
+    /// The metrics endpoint's bound address, unless turned off.
+    pub metrics: Option<SocketAddr>,
     /// The live policy and credentials.
     pub store: Arc<Store>,
     readiness: Arc<Readiness>,
@@ -102,6 +104,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         endpoints_stop.clone(),
     ));
     let (admin_tcp, admin) = bind(config.admin)?;
+    let metrics_endpoint = match config.metrics {
+        Some(addr) => {
+            let (tcp, bound) = bind(addr)?;
+            tokio::spawn(server::serve(
+                tcp,
+                metrics_routes(metrics.clone()),
+                endpoints_stop.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
 
     let mut listeners = Vec::new();
     let mut infos = Vec::new();
@@ -128,7 +142,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             address: bound,
             app: None,
         });
-        let own_ports: Arc<[u16]> = [bound.port(), admin.port(), health.port()].into();
+        let own_ports: Arc<[u16]> = [Some(bound), Some(admin), Some(health), metrics_endpoint]
+            .into_iter()
+            .flatten()
+            .map(|addr| addr.port())
+            .collect();
         listeners.push(Listener {
             tcp,
             route: Route::Transparent {
@@ -151,6 +169,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             listeners: infos,
             admin,
             health,
+            metrics: metrics_endpoint,
         },
         store: store.clone(),
         readiness: readiness.clone(),
@@ -165,6 +184,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         explicit,
         admin,
         health,
+        metrics: metrics_endpoint,
         store,
         readiness,
         shutdown,
@@ -184,15 +204,18 @@ fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Start
 }
 
 impl Running {
-    /// Readiness goes 503, accepting stops (listeners close), then open connections get up to
-    /// `drain_timeout` to finish; those still open then are cut (each still ends in a record,
-    /// `end=drained` or `reason=drained`), as ztunnel's drain does. Returns how many were cut.
-    pub async fn drain(mut self, drain_timeout: Duration) -> usize {
+    /// Readiness goes 503 at once, but the listeners keep accepting for `times.accept`: clients
+    /// go on dialling the pod until the endpoint's removal has reached them all. Then the
+    /// listeners close, open connections get up to `times.timeout` to finish, and those still
+    /// open are cut (each still ends in a record, `end=drained` or `reason=drained`), as
+    /// ztunnel's drain does. Returns how many were cut.
+    pub async fn drain(mut self, times: DrainTimes) -> usize {
         self.readiness.draining();
+        tokio::time::sleep(times.accept).await;
         self.shutdown.send_replace(true);
         while self.listeners.join_next().await.is_some() {}
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let left = match tokio::time::timeout(drain_timeout, self.connections.acquire_many(all)).await {
+        let left = match tokio::time::timeout(times.timeout, self.connections.acquire_many(all)).await {
             Ok(_) => 0,
             Err(_) => self.max_connections - self.connections.available_permits(),
         };
@@ -220,11 +243,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for (listen, spec) in running.explicit.iter().zip(&config.explicit) {
         tracing::info!(listen = %listen, app = %spec.app, "explicit listener bound");
     }
-    tracing::info!(admin = %running.admin, health = %running.health, "serving");
+    tracing::info!(
+        admin = %running.admin,
+        health = %running.health,
+        metrics = %running.metrics.map_or("none".to_string(), |m| m.to_string()),
+        "serving"
+    );
     stop.next().await;
-    tracing::info!(drain_timeout = ?config.drain_timeout, "draining");
+    tracing::info!(
+        accept_for = ?config.drain.accept,
+        then_wait_for = ?config.drain.timeout,
+        "draining: readiness is 503"
+    );
     tokio::select! {
-        left = running.drain(config.drain_timeout) => tracing::info!(left_open = left, "drained"),
+        left = running.drain(config.drain) => tracing::info!(cut = left, "drained"),
         () = stop.next() => tracing::warn!("second signal: exiting without waiting"),
     }
     Ok(())

@@ -111,6 +111,9 @@ pub struct RunArgs {
     /// Health endpoint (readiness probe).
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub health: SocketAddr,
+    /// Metrics endpoint for Prometheus (`/stats/prometheus` only); `none` turns it off.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    pub metrics: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -133,7 +136,11 @@ pub struct RunArgs {
     /// client certificate's expiry).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub session_lifetime: Duration,
-    /// How long open connections get after SIGTERM.
+    /// After SIGTERM, how long the listeners keep accepting while readiness says 503 (clients
+    /// learn late that the pod's endpoint is gone).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_accept: Duration,
+    /// After the listeners close, how long open connections get before they are cut.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Most connections open at once; accepting pauses at the cap.
@@ -216,6 +223,9 @@ pub struct IptablesArgs {
     /// The port of `run --health`, never redirected: the kubelet's probes must reach it as is.
     #[arg(long, default_value = "15021")]
     pub health_port: u16,
+    /// The port of `run --metrics`, never redirected: Prometheus scrapes it as is.
+    #[arg(long, default_value = "15090")]
+    pub metrics_port: u16,
     /// With --apply or --clean, do the same with ip6tables (the printed script serves both).
     #[arg(long)]
     pub ipv6: bool,

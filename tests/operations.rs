@@ -10,6 +10,7 @@ mod support;
 use std::time::Duration;
 
 use harness::{config_dump, echo_app, echoes, start, strict_port_policy, Binary, KubeMount};
+use peerguard::config::DrainTimes;
 use support::admin::{eventually, get, metric_reaches, sample};
 use support::pki::{mesh_id, server_name, Pki, TestDir, VALIDITY};
 use support::proxy::namespace_policy;
@@ -120,7 +121,10 @@ async fn readiness_follows_certificate_expiry_rotation_and_drain() {
     // An open connection keeps the drain going while the probe is asked.
     let mut open = TcpStream::connect(running.explicit[0]).await.unwrap();
     assert!(echoes(&mut open, b"in flight").await);
-    let drain = tokio::spawn(running.drain(Duration::from_secs(30)));
+    let drain = tokio::spawn(running.drain(DrainTimes {
+        accept: Duration::ZERO,
+        timeout: Duration::from_secs(30),
+    }));
     let body = readiness_becomes(health, 503).await;
     assert!(body.contains("draining"), "{body}");
     open.shutdown().await.unwrap();
@@ -332,9 +336,9 @@ async fn accepting_pauses_at_the_connection_cap_and_resumes() {
 }
 
 #[tokio::test]
-async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
+async fn sigterm_keeps_accepting_for_drain_accept_then_lets_a_transfer_finish_and_exits_0() {
     let setup = Setup::new("ops-drain").await;
-    let mut proxy = Binary::start(&setup.args(&["--drain-timeout", "30s"])).await;
+    let mut proxy = Binary::start(&setup.args(&["--drain-accept", "2s", "--drain-timeout", "30s"])).await;
     let address = proxy.listen[0];
     let mut transfer = TcpStream::connect(address).await.unwrap();
     assert!(echoes(&mut transfer, b"first half").await);
@@ -342,6 +346,10 @@ async fn sigterm_lets_a_transfer_in_flight_finish_then_exits_0() {
     proxy.signal("TERM");
     let body = readiness_becomes(proxy.health, 503).await;
     assert!(body.contains("draining"), "{body}");
+    // Clients that have not yet heard the endpoint is gone still get served.
+    let mut late = TcpStream::connect(address).await.expect("still accepting");
+    assert!(echoes(&mut late, b"late but served").await);
+    drop(late);
     eventually("the listener to close", || async {
         TcpStream::connect(address).await.is_err().then_some(())
     })
@@ -452,7 +460,15 @@ async fn a_hostile_alpn_is_logged_escaped_in_one_record() {
 #[tokio::test]
 async fn a_drain_cuts_what_its_deadline_leaves_open_and_logs_each_cut() {
     let setup = Setup::new("ops-cut").await;
-    let mut proxy = Binary::start(&setup.args(&["--drain-timeout", "1s", "--sniff-timeout", "60s"])).await;
+    let mut proxy = Binary::start(&setup.args(&[
+        "--drain-accept",
+        "0s",
+        "--drain-timeout",
+        "1s",
+        "--sniff-timeout",
+        "60s",
+    ]))
+    .await;
     let address = proxy.listen[0];
     let mut forwarding = TcpStream::connect(address).await.unwrap();
     assert!(echoes(&mut forwarding, b"idle after this").await);

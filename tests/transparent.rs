@@ -401,6 +401,38 @@ fn a_direct_call_to_the_inbound_port_never_reaches_the_app() {
     the_next_connection_the_app_sees_is_a_new_one(&mut pod);
 }
 
+#[test]
+fn prometheus_scrapes_the_metrics_port_from_another_namespace_while_admin_stays_unreachable() {
+    if played_role() {
+        return;
+    }
+    let mut pod = Pod::start("metr", "0.0.0.0:15006", "127.0.0.1");
+    let output = pod.curl(&[&format!("http://{POD_V4}:{PERMISSIVE}/")]);
+    pod.assert_app_answered(&client_got(&output), &app_answer(PERMISSIVE, "plaintext", "127.0.0.1"));
+    pod.record();
+
+    let scrape = pod.curl(&[&format!("http://{POD_V4}:15090/stats/prometheus")]);
+    assert!(scrape.status.success(), "{scrape:?}");
+    let body = String::from_utf8_lossy(&scrape.stdout);
+    let counted = format!(
+        "peerguard_connections_total{{port=\"{PERMISSIVE}\",mode=\"PERMISSIVE\",action=\"passthrough\",reason=\"passthrough_plaintext\"}} 1"
+    );
+    assert!(body.contains(&counted), "{body}");
+
+    // The metrics port serves the scrape and nothing else.
+    let other = pod.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{POD_V4}:15090/config_dump"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "404");
+    // The admin endpoint listens on loopback only: from outside the pod nothing answers.
+    let admin = pod.curl(&[&format!("http://{POD_V4}:15000/config_dump")]);
+    assert_eq!(admin.status.code(), Some(7), "curl: connection refused; {admin:?}");
+}
+
 /// After a refused connection: a fresh plaintext call is the app's next connection, so the
 /// refused one never reached it.
 fn the_next_connection_the_app_sees_is_a_new_one(pod: &mut Pod) {

@@ -90,7 +90,7 @@ pub fn start_peerguard(binary: &Path, dir: &Path, pki: &Pki, app: SocketAddr) ->
         .arg("--policy")
         .arg(&policy)
         .args(["--namespace", NAMESPACE, "--labels", "app=bench"])
-        .args(["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0", "--metrics", "none"])
         .env("PEERGUARD_LOG", "warn");
     start(command, TargetKind::Peerguard, listen, dir.join("peerguard.log"))
 }

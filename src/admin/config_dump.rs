@@ -27,6 +27,7 @@ pub struct Addresses {
     pub listeners: Vec<ListenerInfo>,
     pub admin: SocketAddr,
     pub health: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Serialize)]

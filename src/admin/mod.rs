@@ -32,14 +32,30 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
 }
 
+/// Where Prometheus scrapes, on the admin and on the metrics endpoint.
+const METRICS_PATH: &str = "/stats/prometheus";
+
+/// The metrics endpoint's routes (`--metrics`): the scrape, and nothing else, so that it can
+/// face the network while the admin endpoint stays on loopback.
+pub fn metrics_routes(metrics: Arc<Metrics>) -> Routes {
+    Arc::new(move |path| match path {
+        METRICS_PATH => scrape(&metrics),
+        other => server::not_found(other),
+    })
+}
+
+fn scrape(metrics: &Metrics) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    match metrics.encode() {
+        Ok(text) => server::with_type(StatusCode::OK, OPENMETRICS, text),
+        Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
+    }
+}
+
 impl Admin {
     pub fn routes(self: Arc<Self>) -> Routes {
         Arc::new(move |path| match path {
             "/config_dump" => self.config_dump(),
-            "/stats/prometheus" => match self.metrics.encode() {
-                Ok(text) => server::with_type(StatusCode::OK, OPENMETRICS, text),
-                Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
-            },
+            METRICS_PATH => scrape(&self.metrics),
             "/ready" => health::ready_response(&self.readiness),
             other => server::not_found(other),
         })

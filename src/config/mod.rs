@@ -71,11 +71,21 @@ pub struct Config {
     pub certs: CertSource,
     pub admin: SocketAddr,
     pub health: SocketAddr,
+    /// Where Prometheus scrapes; `None` when turned off.
+    pub metrics: Option<SocketAddr>,
     #[serde(skip)]
     pub log_format: LogFormat,
     pub limits: Limits,
-    pub drain_timeout: Duration,
+    pub drain: DrainTimes,
     pub max_connections: usize,
+}
+
+/// How a drain goes after SIGTERM: readiness turns 503 at once; the listeners keep accepting
+/// for `accept`; then they close and open connections get `timeout`; then the rest are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DrainTimes {
+    pub accept: Duration,
+    pub timeout: Duration,
 }
 
 /// A command line that cannot make a working proxy.
@@ -85,6 +95,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("--inbound {0:?}: expected an address like 0.0.0.0:15006, or `none`")]
     Inbound(String),
+    #[error("--metrics {0:?}: expected an address like 0.0.0.0:15090, or `none`")]
+    Metrics(String),
     #[error("--app-host {0:?}: expected an IP address, or `original`")]
     AppHost(String),
     #[error("no listener: give --inbound ADDR and/or --listen LISTEN=APP")]
@@ -105,10 +117,8 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let inbound = match args.inbound.as_str() {
-            "none" | "off" | "" => None,
-            text => Some(text.parse().map_err(|_| ConfigError::Inbound(text.to_string()))?),
-        };
+        let inbound = optional_address(&args.inbound).map_err(ConfigError::Inbound)?;
+        let metrics = optional_address(&args.metrics).map_err(ConfigError::Metrics)?;
         let explicit = args
             .listen
             .iter()
@@ -151,6 +161,7 @@ impl Config {
             certs,
             admin: args.admin,
             health: args.health,
+            metrics,
             log_format: args.log_format,
             limits: Limits {
                 max_client_hello: args.max_client_hello,
@@ -159,9 +170,21 @@ impl Config {
                 idle_timeout: args.idle_timeout,
                 connect_timeout: args.connect_timeout,
             },
-            drain_timeout: args.drain_timeout,
+            drain: DrainTimes {
+                accept: args.drain_accept,
+                timeout: args.drain_timeout,
+            },
             max_connections: args.max_connections,
         })
+    }
+}
+
+/// An address, or `none` (also `off` or empty) for a listener turned off; the text back if
+/// it is neither.
+fn optional_address(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text {
+        "none" | "off" | "" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| text.to_string()),
     }
 }
 

@@ -78,7 +78,12 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
 
     println!("{}", instructions(&dir, &ports, &run_line));
     tokio::signal::ctrl_c().await?;
-    running.drain(Duration::from_secs(1)).await;
+    running
+        .drain(crate::config::DrainTimes {
+            accept: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+        })
+        .await;
     Ok(())
 }
 
@@ -166,6 +171,9 @@ fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
         format!("127.0.0.1:{}", ports.admin),
         "--health".into(),
         format!("127.0.0.1:{}", ports.health),
+        // The admin endpoint serves the same scrape; the demo needs no network-facing port.
+        "--metrics".into(),
+        "none".into(),
     ]);
     line
 }

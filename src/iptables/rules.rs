@@ -52,12 +52,17 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Validate the command line. peerguard's own ports (inbound, admin, health) are always
+    /// Validate the command line. peerguard's own ports (inbound, admin, health, metrics) are always
     /// excluded with `*`: redirecting them would make peerguard refuse every connection to them
     /// as `own_port`, and the kubelet's health probe must reach `--health-port` as is.
     pub fn from_args(args: &IptablesArgs) -> Result<Self, PortsError> {
         let inbound_port = nonzero(args.inbound_port)?;
-        let own = [inbound_port, nonzero(args.admin_port)?, nonzero(args.health_port)?];
+        let own = [
+            inbound_port,
+            nonzero(args.admin_port)?,
+            nonzero(args.health_port)?,
+            nonzero(args.metrics_port)?,
+        ];
         let mut excluded = BTreeSet::from(own);
         for &port in &args.exclude_inbound_ports {
             excluded.insert(nonzero(port)?);
@@ -193,6 +198,7 @@ mod tests {
             inbound_port: 15006,
             admin_port: 15000,
             health_port: 15021,
+            metrics_port: 15090,
             ipv6: false,
         }
     }
@@ -217,6 +223,7 @@ mod tests {
                 "-A ISTIO_INBOUND -p tcp --dport 15000 -j RETURN",
                 "-A ISTIO_INBOUND -p tcp --dport 15006 -j RETURN",
                 "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN",
                 "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
                 "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
                 "COMMIT",

@@ -57,7 +57,14 @@ pub async fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
 
 /// Starts the proxy in this process; admin and health on free ports.
 pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
-    let mut line = run_line(&["--admin", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
+    let mut line = run_line(&[
+        "--admin",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
     line.extend(args.iter().map(|a| a.as_ref().to_string()));
     start_run_line(&line).await
 }
@@ -155,6 +162,7 @@ pub struct Binary {
     log: mpsc::UnboundedReceiver<Value>,
     pub admin: SocketAddr,
     pub health: SocketAddr,
+    pub metrics: SocketAddr,
     /// The explicit listeners' bound addresses, in `--listen` order.
     pub listen: Vec<SocketAddr>,
 }
@@ -166,6 +174,8 @@ impl Binary {
             "--admin",
             "127.0.0.1:0",
             "--health",
+            "127.0.0.1:0",
+            "--metrics",
             "127.0.0.1:0",
             "--log-format",
             "json",
@@ -199,6 +209,7 @@ impl Binary {
             log,
             admin: "0.0.0.0:0".parse().expect("placeholder"),
             health: "0.0.0.0:0".parse().expect("placeholder"),
+            metrics: "0.0.0.0:0".parse().expect("placeholder"),
             listen: Vec::new(),
         };
         loop {
@@ -214,6 +225,7 @@ impl Binary {
                 Some("serving") => {
                     binary.admin = address("admin");
                     binary.health = address("health");
+                    binary.metrics = address("metrics");
                     return binary;
                 }
                 _ => {}

@@ -53,6 +53,8 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
         "127.0.0.1:0",
         "--health",
         "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
     ];
     let (policy_arg, cert_arg) = (policy_file.display().to_string(), certs.display().to_string());
     line.extend(["--policy", &policy_arg, "--cert-dir", &cert_arg]);
