@@ -233,7 +233,7 @@ impl Running {
 /// `peerguard run`: start, serve until SIGTERM or SIGINT, drain, return. A second signal
 /// during the drain ends it at once.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
+    log_starting(&config);
     // Before anything says "serving": a SIGTERM from then on must drain, not kill.
     let mut stop = StopSignals::install().map_err(StartError::Signals)?;
     let running = start(&config).await?;
@@ -260,6 +260,42 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         () = stop.next() => tracing::warn!("second signal: exiting without waiting"),
     }
     Ok(())
+}
+
+/// The configuration in force, one field each (JSON fields under `--log-format json`).
+fn log_starting(config: &Config) {
+    let workload = &config.workload;
+    let labels: Vec<String> = workload.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let listen: Vec<String> = config
+        .explicit
+        .iter()
+        .map(|l| format!("{}={}", l.listen, l.app))
+        .collect();
+    let limits = &config.limits;
+    tracing::info!(
+        namespace = %workload.namespace,
+        labels = %labels.join(","),
+        root_namespace = %workload.root_namespace,
+        trust_domain = %config.trust_domain,
+        policy = %config.policy.as_deref().map_or_else(|| "none (every port PERMISSIVE)".into(), |p| p.display().to_string()),
+        certificates = %config.certs,
+        inbound = %config.inbound.map_or_else(|| "none".into(), |a| a.to_string()),
+        listen = %listen.join(" "),
+        app_host = %config.app_host,
+        admin = %config.admin,
+        health = %config.health,
+        metrics = %config.metrics.map_or_else(|| "none".into(), |a| a.to_string()),
+        max_client_hello = limits.max_client_hello,
+        sniff_timeout = ?limits.sniff_timeout,
+        handshake_timeout = ?limits.handshake_timeout,
+        connect_timeout = ?limits.connect_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        session_lifetime = ?config.session_lifetime,
+        drain_accept = ?config.drain.accept,
+        drain_timeout = ?config.drain.timeout,
+        max_connections = config.max_connections,
+        "starting"
+    );
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), either of which stops the proxy.

@@ -14,7 +14,7 @@ use hyper::{Response, StatusCode};
 
 use super::server::{not_found, text, Routes};
 use crate::store::Store;
-use crate::tls::identity::unix_seconds;
+use crate::tls::identity::Rfc3339;
 
 /// The readiness probe's path, as Istio's sidecar serves it on 15021.
 pub const READY_PATH: &str = "/healthz/ready";
@@ -24,8 +24,8 @@ pub const READY_PATH: &str = "/healthz/ready";
 pub enum NotReady {
     #[error("listeners are not bound yet")]
     Starting,
-    #[error("the workload certificate (serial {serial}) expired at Unix time {not_after}")]
-    CertificateExpired { serial: String, not_after: u64 },
+    #[error("the workload certificate (serial {serial}) expired at {not_after}")]
+    CertificateExpired { serial: String, not_after: String },
     #[error("draining: the proxy is shutting down")]
     Draining,
 }
@@ -68,7 +68,7 @@ impl Readiness {
         if tls.is_expired(now) {
             return Err(NotReady::CertificateExpired {
                 serial: tls.serial.clone(),
-                not_after: unix_seconds(tls.not_after),
+                not_after: Rfc3339(tls.not_after).to_string(),
             });
         }
         Ok(())

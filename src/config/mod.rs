@@ -9,22 +9,39 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::cli::{LogFormat, RunArgs};
 use crate::policy::{ConflictingOverride, ProtocolOverrides, Workload};
 
+impl std::fmt::Display for AppHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppHost::Address(ip) => ip.fmt(f),
+            AppHost::OriginalDestination => f.write_str("original"),
+        }
+    }
+}
+
+impl std::fmt::Display for CertSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertSource::Dir(dir) => write!(f, "{}", dir.display()),
+            CertSource::Files { cert, key, ca } => {
+                write!(f, "{}, {}, {}", cert.display(), key.display(), ca.display())
+            }
+        }
+    }
+}
+
 /// An explicit listener: connections to `listen` go to the app at `app`; the workload port is
 /// `app`'s port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExplicitListener {
     pub listen: SocketAddr,
     pub app: SocketAddr,
 }
 
 /// Where transparent-mode connections reach the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppHost {
     /// A fixed address (default 127.0.0.1), on the original destination port.
     Address(IpAddr),
@@ -33,8 +50,7 @@ pub enum AppHost {
 }
 
 /// Where the workload's certificate, key and mesh roots come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
     /// Istio's layout: cert-chain.pem, key.pem, root-cert.pem.
     Dir(PathBuf),
@@ -46,7 +62,7 @@ pub enum CertSource {
 }
 
 /// Per-connection limits of the data path.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_client_hello: usize,
     pub sniff_timeout: Duration,
@@ -55,7 +71,7 @@ pub struct Limits {
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Who the proxy fronts: namespace, labels, root namespace.
     pub workload: Workload,
@@ -73,7 +89,6 @@ pub struct Config {
     pub health: SocketAddr,
     /// Where Prometheus scrapes; `None` when turned off.
     pub metrics: Option<SocketAddr>,
-    #[serde(skip)]
     pub log_format: LogFormat,
     pub limits: Limits,
     pub drain: DrainTimes,
@@ -82,7 +97,7 @@ pub struct Config {
 
 /// How a drain goes after SIGTERM: readiness turns 503 at once; the listeners keep accepting
 /// for `accept`; then they close and open connections get `timeout`; then the rest are cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainTimes {
     pub accept: Duration,
     pub timeout: Duration,

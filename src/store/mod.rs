@@ -28,6 +28,7 @@ use crate::config::{CertSource, Config};
 use crate::metrics::Metrics;
 use crate::policy::{Loaded, PolicyError, ProtocolOverrides, Workload};
 use crate::tls::credentials::{Credentials, CredentialsError};
+use crate::tls::identity::Rfc3339;
 use crate::tls::server_config::ServerConfigError;
 
 /// Why new certificates could not be put in use.
@@ -80,6 +81,7 @@ impl Store {
         let loaded = Loaded::from_path(settings.policy_path.as_deref())?;
         let policy = settings.policy_snapshot(1, config.workload.clone(), loaded);
         let tls = settings.tls_snapshot(1, &read_credentials(&settings.certs)?)?;
+        log_in_use(&tls, &settings.trust_domain);
         metrics.policy_in_force(1);
         metrics.certificate_in_force(tls.not_after);
         Ok(Store {
@@ -131,7 +133,7 @@ impl Store {
         let generation = self.tls().generation + 1;
         let snapshot = self.settings.tls_snapshot(generation, credentials)?;
         self.metrics.certificate_reloaded(snapshot.not_after);
-        tracing::info!(generation, serial = %snapshot.serial, "certificates reloaded; new handshakes use them");
+        log_in_use(&snapshot, &self.settings.trust_domain);
         self.tls.replace(snapshot);
         Ok(())
     }
@@ -185,6 +187,30 @@ impl Settings {
             &self.trust_domain,
             self.session_lifetime,
         )?)
+    }
+}
+
+/// Says which certificate new handshakes use and until when; warns when its own SPIFFE ID is
+/// outside the trust domain, where every mesh peer would refuse it.
+fn log_in_use(tls: &TlsSnapshot, trust_domain: &str) {
+    let id = tls
+        .identity
+        .as_ref()
+        .map_or_else(|| "none".to_string(), ToString::to_string);
+    tracing::info!(
+        generation = tls.generation,
+        spiffe_id = %id,
+        serial = %tls.serial,
+        not_after = %Rfc3339(tls.not_after),
+        "workload certificate in use; new handshakes present it"
+    );
+    match &tls.identity {
+        Some(identity) if identity.trust_domain == trust_domain => {}
+        _ => tracing::warn!(
+            spiffe_id = %id,
+            trust_domain,
+            "the workload certificate's SPIFFE ID is not in --trust-domain: mesh peers of that trust domain will refuse it"
+        ),
     }
 }
 

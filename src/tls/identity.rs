@@ -144,6 +144,21 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A time as RFC 3339 in UTC (`2026-12-03T06:00:00Z`), as log lines show certificate dates.
+pub struct Rfc3339(pub SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = time::OffsetDateTime::from(self.0)
+            .replace_nanosecond(0)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        match time.format(&time::format_description::well_known::Rfc3339) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => write!(f, "{} (Unix time)", unix_seconds(self.0)),
+        }
+    }
+}
+
 /// A certificate's `notAfter` (the epoch for a date before it).
 pub fn not_after(parsed: &X509Certificate<'_>) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs())
