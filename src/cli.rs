@@ -195,21 +195,25 @@ pub struct CertsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct IptablesArgs {
-    /// Apply the rules instead of printing them.
+    /// Apply the rules instead of printing them; refused if Istio's capture is already there.
     #[arg(long, conflicts_with = "clean")]
     pub apply: bool,
-    /// Remove the rules this command adds.
+    /// Remove the rules this command adds (and nothing else; refused if Istio's capture is there).
     #[arg(long)]
     pub clean: bool,
-    /// Inbound ports to redirect: `*` for all, or a comma list.
+    /// Pod ports to capture (redirect to peerguard): `*` for all, or a comma list.
     #[arg(long, default_value = "*")]
     pub inbound_ports: String,
-    /// Inbound ports never redirected (peerguard's own inbound, admin and health ports never are).
+    /// Pod ports never captured (peerguard's own redirect, admin and health ports never are);
+    /// a port may not be both listed in --inbound-ports and excluded.
     #[arg(long, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
-    /// peerguard's transparent listener port (`run --inbound`), the REDIRECT target.
+    /// The REDIRECT target: the port of peerguard's transparent listener (`run --inbound`).
     #[arg(long, default_value = "15006")]
-    pub inbound_port: u16,
+    pub redirect_port: u16,
+    /// The old, ambiguous name of --redirect-port: refused with a message naming both meanings.
+    #[arg(long = "inbound-port", hide = true)]
+    pub renamed_inbound_port: Option<String>,
     /// The port of `run --admin`, never redirected.
     #[arg(long, default_value = "15000")]
     pub admin_port: u16,
