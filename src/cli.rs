@@ -81,7 +81,8 @@ pub struct RunArgs {
     /// Transparent listener (iptables REDIRECT target); `none` disables it.
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: String,
-    /// Explicit listener `LISTEN=APP`, repeatable; the workload port is APP's port.
+    /// Explicit listener `LISTEN=APP`, repeatable, each `IP:PORT` or `localhost:PORT`
+    /// (127.0.0.1); the workload port is APP's port.
     #[arg(long = "listen", value_name = "LISTEN=APP")]
     pub listen: Vec<String>,
     /// Where the app is reached in transparent mode: an address, or `original` for the
@@ -191,6 +192,9 @@ pub struct CertsArgs {
     /// Certificate lifetime.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub validity: Duration,
+    /// Overwrite certificates and a key already in --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -225,7 +229,8 @@ pub struct IptablesArgs {
     pub ipv6: bool,
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+/// `500ms`, `5s`, `2m`, `1h`. A unit is required: a bare `5` could mean seconds or
+/// milliseconds (Envoy and Istio mix both), and a misread timeout fails silently.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -236,8 +241,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 500ms, 5s, 2m, 1h"))?;
     let seconds = match unit {
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: write {number}s, {number}ms, {number}m or {number}h"
+            ))
+        }
         "ms" => value / 1000.0,
-        "" | "s" => value,
+        "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
@@ -253,10 +263,18 @@ mod tests {
     fn durations_take_the_usual_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_duration_without_a_unit_is_refused_with_the_spellings_it_could_mean() {
+        assert_eq!(
+            parse_duration("5"),
+            Err("`5` has no unit: write 5s, 5ms, 5m or 5h".to_owned())
+        );
     }
 }
