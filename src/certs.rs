@@ -82,13 +82,17 @@ pub struct IssuedCert {
 impl DevCa {
     /// A fresh ECDSA P-256 CA, valid for ten years.
     pub fn generate() -> Result<Self, CertsError> {
+        Self::generate_named("peerguard development mesh CA")
+    }
+
+    /// Like [`DevCa::generate`], with `common_name` as the CA's name: where two CAs meet (the
+    /// mesh's and an app's own), different names tell them apart in openssl's output.
+    pub fn generate_named(common_name: &str) -> Result<Self, CertsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "peerguard");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "peerguard development mesh CA");
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

@@ -173,9 +173,10 @@ pub struct DemoArgs {
     /// Where the demo writes its CA, certificates and policy (default: a new temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// First port of the demo's block of loopback ports.
-    #[arg(long, default_value = "18000")]
-    pub base_port: u16,
+    /// First port of the demo's block of loopback ports (base+80..base+1082); without it, the
+    /// first free block from 18000 up.
+    #[arg(long)]
+    pub base_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Args)]
