@@ -1,14 +1,16 @@
-//! What a newcomer types on the command line and what they get back: host names in `--listen`,
-//! durations without a unit, a trust domain written as a URI (mistakes on `run` exit 2 with one
-//! line that says what is wrong and what is expected), and `certs` run twice into one directory.
+//! A newcomer's first steps and what they get back: host names in `--listen`, durations without
+//! a unit, a trust domain written as a URI (mistakes on `run` exit 2 with one line that says
+//! what is wrong and what is expected), `certs` run twice into one directory, and the admin
+//! address opened in a browser.
 
 mod support;
 
 use std::process::Output;
 
+use support::admin::get;
 use support::app::TestApp;
 use support::pki::{Pki, TestDir};
-use support::proxy::start_run_line;
+use support::proxy::{start_proxy, start_run_line};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerguard");
@@ -127,4 +129,21 @@ fn certs_refuses_to_overwrite_a_key_unless_forced() {
         key,
         "--force writes a new key"
     );
+}
+
+#[tokio::test]
+async fn the_admin_root_lists_the_endpoints() {
+    let app = TestApp::start().await;
+    let pki = Pki::new();
+    let proxy = start_proxy(&pki, "", app.addr, &[]).await;
+    let index = get(proxy.running.admin, "/").await.expect("GET /");
+    assert_eq!(index.status, 200, "{index:?}");
+    for endpoint in ["/config_dump", "/stats/prometheus", "/ready"] {
+        assert!(index.body.contains(endpoint), "{endpoint} in {}", index.body);
+        assert_eq!(
+            get(proxy.running.admin, endpoint).await.unwrap().status,
+            200,
+            "{endpoint}"
+        );
+    }
 }
