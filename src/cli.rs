@@ -209,7 +209,8 @@ pub struct IptablesArgs {
     /// Pod ports to capture (redirect to peerguard): `*` for all, or a comma list.
     #[arg(long, default_value = "*")]
     pub inbound_ports: String,
-    /// Pod ports never captured (peerguard's own redirect, admin and health ports never are);
+    /// Pod ports never captured (peerguard's own redirect, admin, health and metrics ports never
+    /// are);
     /// a port may not be both listed in --inbound-ports and excluded.
     #[arg(long, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
@@ -225,6 +226,9 @@ pub struct IptablesArgs {
     /// The port of `run --health`, never redirected: the kubelet's probes must reach it as is.
     #[arg(long, default_value = "15021")]
     pub health_port: u16,
+    /// The port of `run --metrics`, never redirected: Prometheus scrapes it as is.
+    #[arg(long, default_value = "15090")]
+    pub metrics_port: u16,
     /// With --apply or --clean, do the same with ip6tables (the printed script serves both).
     #[arg(long)]
     pub ipv6: bool,

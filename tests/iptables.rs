@@ -165,6 +165,7 @@ fn applying_twice_gives_the_same_rules_and_clean_restores_the_original() {
             ":ISTIO_IN_REDIRECT - [0:0]",
             "-A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND",
             "-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -m comment --comment peerguard -j RETURN",
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -m comment --comment peerguard -j RETURN",
             "-A ISTIO_INBOUND -p tcp -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
             "-A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 15006",
         ] {

@@ -60,9 +60,9 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Validate the command line. peerguard's own ports (inbound, admin, health) are always
-    /// excluded with `*`: redirecting them would make peerguard refuse every connection to them
-    /// as `own_port`, and the kubelet's health probe must reach `--health-port` as is. A port
+    /// Validate the command line. peerguard's own ports (inbound, admin, health, metrics) are
+    /// always excluded with `*`: redirecting them would make peerguard refuse every connection
+    /// to them as `own_port`, and the kubelet's probes and Prometheus must reach them as is. A port
     /// both listed and excluded is an error rather than silently not captured: the person who
     /// listed it expects it enforced.
     pub fn from_args(args: &IptablesArgs) -> Result<Self, PortsError> {
@@ -70,7 +70,12 @@ impl Capture {
             return Err(PortsError::RenamedInboundPort(old.clone()));
         }
         let redirect_port = nonzero(args.redirect_port)?;
-        let own = [redirect_port, nonzero(args.admin_port)?, nonzero(args.health_port)?];
+        let own = [
+            redirect_port,
+            nonzero(args.admin_port)?,
+            nonzero(args.health_port)?,
+            nonzero(args.metrics_port)?,
+        ];
         let mut excluded_by_flag = BTreeSet::new();
         for &port in &args.exclude_inbound_ports {
             excluded_by_flag.insert(nonzero(port)?);
@@ -217,6 +222,7 @@ mod tests {
             renamed_inbound_port: None,
             admin_port: 15000,
             health_port: 15021,
+            metrics_port: 15090,
             ipv6: false,
         }
     }
@@ -241,6 +247,7 @@ mod tests {
                 "-A ISTIO_INBOUND -p tcp --dport 15000 -m comment --comment peerguard -j RETURN",
                 "-A ISTIO_INBOUND -p tcp --dport 15006 -m comment --comment peerguard -j RETURN",
                 "-A ISTIO_INBOUND -p tcp --dport 15021 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15090 -m comment --comment peerguard -j RETURN",
                 "-A ISTIO_INBOUND -p tcp -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
                 "-A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 15006",
                 "COMMIT",
@@ -327,6 +334,7 @@ mod tests {
             Err(PortsError::OwnPort(15021))
         );
         assert_eq!(Capture::from_args(&args("15006", &[])), Err(PortsError::OwnPort(15006)));
+        assert_eq!(Capture::from_args(&args("15090", &[])), Err(PortsError::OwnPort(15090)));
     }
 
     #[test]
