@@ -34,7 +34,8 @@ pub enum Command {
     Iptables(IptablesArgs),
 }
 
-/// Who the workload is (PRODUCT.md §1.1): flag first, then the downward-API environment.
+/// Who the workload is (docs/policy.md#the-workload): flag first, then the downward-API
+/// environment.
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
     /// The workload's namespace.

@@ -1,4 +1,4 @@
-//! Hot reload of the policy and of the certificates (PRODUCT.md §3, §5).
+//! Hot reload of the policy and of the certificates (docs/operating.md#reload).
 //!
 //! Every [`POLL_INTERVAL`] the watcher takes a fingerprint of what the files *contain* (read
 //! through symlinks) and reloads what changed; `SIGHUP` reloads both at once, changed or not.

@@ -30,7 +30,7 @@ pub fn is_mesh_alpn(protocol: &[u8], http_alpn: bool) -> bool {
     ISTIO_ALPNS.contains(&protocol) || (http_alpn && HTTP_ALPNS.contains(&protocol))
 }
 
-/// The decision table of PRODUCT.md §2.3.
+/// The decision table (docs/connections.md#the-decision-table).
 pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
     use Action::{Passthrough, Refuse, Terminate};
     let (action, reason) = match (mode, sniffed) {
