@@ -1,6 +1,7 @@
 //! The two pure steps every connection pays before any byte moves: resolving the workload
 //! port's mode from the loaded policy snapshot (one hash lookup, named port or not), and
-//! `decide` over the rows of the PRODUCT.md §2.3 table that take different code paths.
+//! `decide` over the rows of the decision table (docs/connections.md#the-decision-table) that
+//! take different code paths.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

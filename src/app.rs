@@ -206,16 +206,18 @@ fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Start
 impl Running {
     /// Readiness goes 503 at once, but the listeners keep accepting for `times.accept`: clients
     /// go on dialling the pod until the endpoint's removal has reached them all. Then the
-    /// listeners close, open connections get up to `times.timeout` to finish, and those still
-    /// open are cut (each still ends in a record, `end=drained` or `reason=drained`), as
-    /// ztunnel's drain does. Returns how many were cut.
+    /// listeners close, open connections get the rest of `times.timeout` (counted from now, so
+    /// the whole drain fits a known grace period), and those still open are cut (each still
+    /// ends in a record, `end=drained` or `reason=drained`), as ztunnel's drain does. Returns
+    /// how many were cut.
     pub async fn drain(mut self, times: DrainTimes) -> usize {
         self.readiness.draining();
-        tokio::time::sleep(times.accept).await;
+        let deadline = tokio::time::Instant::now() + times.timeout;
+        tokio::time::sleep(times.accept.min(times.timeout)).await;
         self.shutdown.send_replace(true);
         while self.listeners.join_next().await.is_some() {}
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let left = match tokio::time::timeout(times.timeout, self.connections.acquire_many(all)).await {
+        let left = match tokio::time::timeout_at(deadline, self.connections.acquire_many(all)).await {
             Ok(_) => 0,
             Err(_) => self.max_connections - self.connections.available_permits(),
         };

@@ -59,6 +59,8 @@ pub enum CertsError {
     LoadCa { path: PathBuf, source: rcgen::Error },
     #[error("validity of {0:?} is out of range")]
     Validity(Duration),
+    #[error("{} already holds {}: pass --force to overwrite them", dir.display(), files.join(", "))]
+    WouldOverwrite { dir: PathBuf, files: Vec<&'static str> },
 }
 
 /// A self-signed mesh CA that can issue workload certificates.
@@ -80,13 +82,17 @@ pub struct IssuedCert {
 impl DevCa {
     /// A fresh ECDSA P-256 CA, valid for ten years.
     pub fn generate() -> Result<Self, CertsError> {
+        Self::generate_named("peerguard development mesh CA")
+    }
+
+    /// Like [`DevCa::generate`], with `common_name` as the CA's name: where two CAs meet (the
+    /// mesh's and an app's own), different names tell them apart in openssl's output.
+    pub fn generate_named(common_name: &str) -> Result<Self, CertsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "peerguard");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "peerguard development mesh CA");
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -217,6 +223,9 @@ pub fn run(args: &crate::cli::CertsArgs) -> anyhow::Result<()> {
         Some(dir) => DevCa::load_or_create(dir)?,
         None => DevCa::generate()?,
     };
+    if !args.force {
+        refuse_to_overwrite(&args.out)?;
+    }
     let issued = ca.issue_workload(&spiffe, args.validity)?;
     issued.write_cert_dir(&args.out)?;
     println!(
@@ -232,6 +241,20 @@ pub fn run(args: &crate::cli::CertsArgs) -> anyhow::Result<()> {
         None => println!("CA: throwaway (its key was not kept; pass --ca-dir to issue more from one CA)"),
     }
     Ok(())
+}
+
+/// A workload's key is not something to lose to a repeated command: refuse when `dir` already
+/// holds any of the files `write_cert_dir` writes.
+fn refuse_to_overwrite(dir: &Path) -> Result<(), CertsError> {
+    let files: Vec<&'static str> = [CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE]
+        .into_iter()
+        .filter(|file| dir.join(file).exists())
+        .collect();
+    if files.is_empty() {
+        Ok(())
+    } else {
+        Err(CertsError::WouldOverwrite { dir: dir.into(), files })
+    }
 }
 
 /// (now - BACKDATE, now + validity), or an error if that is beyond what `time` represents.

@@ -1,4 +1,5 @@
-//! `peerguard check`: what the proxy would do on a workload's ports, and why (PRODUCT.md §4).
+//! `peerguard check`: what the proxy would do on a workload's ports, and why
+//! (docs/operating.md#commands).
 //!
 //! It resolves with the same `PolicySet::resolve` and decides with the same `decide` as the
 //! proxy, so the report cannot drift from the behaviour.
@@ -216,7 +217,8 @@ fn connection_in_words(args: &CheckArgs) -> String {
     }
 }
 
-/// The ALPN a terminated connection gets, and why (PRODUCT.md §2.4).
+/// The ALPN a terminated connection gets, and why
+/// (docs/connections.md#which-alpn-a-terminated-connection-gets).
 fn alpn_in_words(selected: Option<&str>, protocol: AppProtocol) -> String {
     match (selected, protocol) {
         (Some(alpn), AppProtocol::Unknown) => format!(

@@ -34,7 +34,8 @@ pub enum Command {
     Iptables(IptablesArgs),
 }
 
-/// Who the workload is (PRODUCT.md §1.1): flag first, then the downward-API environment.
+/// Who the workload is (docs/policy.md#the-workload): flag first, then the downward-API
+/// environment.
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
     /// The workload's namespace.
@@ -81,7 +82,8 @@ pub struct RunArgs {
     /// Transparent listener (iptables REDIRECT target); `none` disables it.
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: String,
-    /// Explicit listener `LISTEN=APP`, repeatable; the workload port is APP's port.
+    /// Explicit listener `LISTEN=APP`, repeatable, each `IP:PORT` or `localhost:PORT`
+    /// (127.0.0.1); the workload port is APP's port.
     #[arg(long = "listen", value_name = "LISTEN=APP")]
     pub listen: Vec<String>,
     /// Where the app is reached in transparent mode: an address, or `original` for the
@@ -140,7 +142,8 @@ pub struct RunArgs {
     /// learn late that the pod's endpoint is gone).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_accept: Duration,
-    /// After the listeners close, how long open connections get before they are cut.
+    /// From SIGTERM, how long until the connections still open are cut (the listeners close
+    /// after --drain-accept of it).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Most connections open at once; accepting pauses at the cap.
@@ -179,9 +182,10 @@ pub struct DemoArgs {
     /// Where the demo writes its CA, certificates and policy (default: a new temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// First port of the demo's block of loopback ports.
-    #[arg(long, default_value = "18000")]
-    pub base_port: u16,
+    /// First port of the demo's block of loopback ports (base+80..base+1082); without it, the
+    /// first free block from 18000 up.
+    #[arg(long)]
+    pub base_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -198,25 +202,33 @@ pub struct CertsArgs {
     /// Certificate lifetime.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub validity: Duration,
+    /// Overwrite certificates and a key already in --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct IptablesArgs {
-    /// Apply the rules instead of printing them.
+    /// Apply the rules instead of printing them; refused if Istio's capture is already there.
     #[arg(long, conflicts_with = "clean")]
     pub apply: bool,
-    /// Remove the rules this command adds.
+    /// Remove the rules this command adds (and nothing else; refused if Istio's capture is there).
     #[arg(long)]
     pub clean: bool,
-    /// Inbound ports to redirect: `*` for all, or a comma list.
+    /// Pod ports to capture (redirect to peerguard): `*` for all, or a comma list.
     #[arg(long, default_value = "*")]
     pub inbound_ports: String,
-    /// Inbound ports never redirected (peerguard's own inbound, admin and health ports never are).
+    /// Pod ports never captured (peerguard's own redirect, admin, health and metrics ports never
+    /// are);
+    /// a port may not be both listed in --inbound-ports and excluded.
     #[arg(long, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
-    /// peerguard's transparent listener port (`run --inbound`), the REDIRECT target.
+    /// The REDIRECT target: the port of peerguard's transparent listener (`run --inbound`).
     #[arg(long, default_value = "15006")]
-    pub inbound_port: u16,
+    pub redirect_port: u16,
+    /// The old, ambiguous name of --redirect-port: refused with a message naming both meanings.
+    #[arg(long = "inbound-port", hide = true)]
+    pub renamed_inbound_port: Option<String>,
     /// The port of `run --admin`, never redirected.
     #[arg(long, default_value = "15000")]
     pub admin_port: u16,
@@ -231,7 +243,8 @@ pub struct IptablesArgs {
     pub ipv6: bool,
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+/// `500ms`, `5s`, `2m`, `1h`. A unit is required: a bare `5` could mean seconds or
+/// milliseconds (Envoy and Istio mix both), and a misread timeout fails silently.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -242,8 +255,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 500ms, 5s, 2m, 1h"))?;
     let seconds = match unit {
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: write {number}s, {number}ms, {number}m or {number}h"
+            ))
+        }
         "ms" => value / 1000.0,
-        "" | "s" => value,
+        "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
@@ -259,10 +277,18 @@ mod tests {
     fn durations_take_the_usual_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_duration_without_a_unit_is_refused_with_the_spellings_it_could_mean() {
+        assert_eq!(
+            parse_duration("5"),
+            Err("`5` has no unit: write 5s, 5ms, 5m or 5h".to_owned())
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics (PRODUCT.md §5), served by the admin endpoint at `/stats/prometheus`.
+//! Prometheus metrics (docs/operating.md#metrics), served by the admin endpoint at
+//! `/stats/prometheus`.
 //!
 //! Label sets are closed and bounded: `mode`, `action` and `reason` take the same `as_str()`
 //! values as the access log, and `port` is the workload port, which is bounded by the app's

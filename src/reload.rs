@@ -1,5 +1,5 @@
-//! When to reload the policy and the certificates from their files (PRODUCT.md §3, §5); the
-//! store does the loading, validating and publishing.
+//! When to reload the policy and the certificates from their files
+//! (docs/operating.md#reload); the store does the loading, validating and publishing.
 //!
 //! Every [`POLL_INTERVAL`] the watcher takes a fingerprint of what the files *contain* (read
 //! through symlinks) and reloads what changed; `SIGHUP` reloads both at once, changed or not.

@@ -1,6 +1,7 @@
 //! The ALPN peerguard selects when it terminates mTLS, end to end with real clients and apps
-//! (PRODUCT.md §2.4): curl's default list against an HTTP/1.1 app, an h2-only rustls client
-//! against ports declared HTTP/2, and what `/config_dump` says about each port's protocol.
+//! (docs/connections.md#which-alpn-a-terminated-connection-gets): curl's default list against
+//! an HTTP/1.1 app, an h2-only rustls client against ports declared HTTP/2, and what
+//! `/config_dump` says about each port's protocol.
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The README's first command: `peerguard demo` starts a sandbox and prints commands. This runs
-//! the real binary, runs every printed command with the real `openssl s_client` and `curl`,
-//! and checks what each shows and what peerguard's access log says about it.
+//! the real binary, runs every printed command exactly as printed, from a fresh shell whose PATH
+//! has no `peerguard` (as after `cargo run`), with the real `openssl s_client` and `curl`, and
+//! checks what each shows and what peerguard's access log says about it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -79,10 +80,10 @@ fn start_demo_at(base: u16) -> Option<Started> {
             .expect("the demo prints its instructions within 20 s");
         if let Some(rest) = line.strip_prefix("# ") {
             section = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        } else if section > 0 && !line.trim().is_empty() && !line.starts_with("peerguard check") {
+        } else if section > 0 && !line.trim().is_empty() && !is_check(&line) {
             commands.push((section, line.clone()));
         }
-        if line.starts_with("peerguard check") {
+        if is_check(&line) {
             return Some(Started {
                 demo,
                 commands,
@@ -92,11 +93,30 @@ fn start_demo_at(base: u16) -> Option<Started> {
     }
 }
 
-/// Runs one printed command the way a person would paste it, bounded in time.
+/// The closing `peerguard check` command, which names the binary by its path.
+fn is_check(line: &str) -> bool {
+    line.contains(" check --policy ")
+}
+
+/// PATH without any directory that holds a `peerguard`: what a person has after `cargo run`.
+fn path_without_peerguard() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<_> = std::env::split_paths(&path)
+        .filter(|dir| !dir.join("peerguard").exists())
+        .collect();
+    std::env::join_paths(dirs)
+        .expect("PATH entries")
+        .into_string()
+        .expect("a UTF-8 PATH")
+}
+
+/// Runs one printed command the way a person would paste it into a fresh shell, bounded in
+/// time.
 fn run(command: &str) -> String {
-    let command = command.replacen("peerguard ", &format!("{BIN} "), 1);
     let output = Command::new("timeout")
-        .args(["20", "sh", "-c", &command])
+        .args(["20", "sh", "-c", command])
+        .env_clear()
+        .env("PATH", path_without_peerguard())
         .stdin(Stdio::null())
         .output()
         .expect("run a demo command");
@@ -130,6 +150,14 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
             );
         }
     }
+    assert!(
+        check.starts_with(&format!("{BIN} check ")),
+        "the check command names the running binary: {check}"
+    );
+    assert!(
+        run("command -v peerguard; echo exit $?").contains("exit 1"),
+        "peerguard is not on PATH"
+    );
     let check_output = run(&check);
     assert!(
         check_output.contains("STRICT") && check_output.contains("DISABLE"),
@@ -153,4 +181,26 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
     );
     drop(demo);
     let _ = std::fs::remove_file(log_path);
+}
+
+#[test]
+fn a_taken_base_port_is_reported_once_with_the_fix_and_leaves_no_files_behind() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let taken = holder.local_addr().unwrap().port();
+    let tmp = std::env::temp_dir().join(format!("peerguard-demo-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let output = Command::new(BIN)
+        .args(["demo", "--base-port", &(taken - 80).to_string()])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run peerguard demo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+    assert!(stderr.contains(&format!("port 127.0.0.1:{taken} is taken")), "{stderr}");
+    assert!(stderr.contains("--base-port"), "the hint: {stderr}");
+    assert!(left.is_empty(), "the demo left {left:?} in its temp directory");
 }

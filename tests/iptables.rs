@@ -163,11 +163,11 @@ fn applying_twice_gives_the_same_rules_and_clean_restores_the_original() {
         for rule in [
             ":ISTIO_INBOUND - [0:0]",
             ":ISTIO_IN_REDIRECT - [0:0]",
-            "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -j RETURN",
-            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN",
-            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
-            "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+            "-A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND",
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -m comment --comment peerguard -j RETURN",
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -m comment --comment peerguard -j RETURN",
+            "-A ISTIO_INBOUND -p tcp -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
+            "-A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 15006",
         ] {
             assert_eq!(
                 applied.lines().filter(|line| *line == rule).count(),
@@ -203,8 +203,8 @@ fn listed_ports_each_get_one_jump_and_nothing_else_is_captured() {
     assert_eq!(
         inbound,
         [
-            "-A ISTIO_INBOUND -p tcp -m tcp --dport 80 -j ISTIO_IN_REDIRECT",
-            "-A ISTIO_INBOUND -p tcp -m tcp --dport 443 -j ISTIO_IN_REDIRECT",
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 80 -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 443 -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
         ]
     );
 }
@@ -221,6 +221,134 @@ fn bad_ports_are_refused_before_anything_is_applied() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`http` is not a port"), "{stderr}");
     assert_eq!(nat(&netns, "iptables-save"), before);
+}
+
+#[test]
+fn a_port_both_captured_and_excluded_is_refused_before_anything_is_applied() {
+    if played_role() {
+        return;
+    }
+    let netns = Netns::new("contra");
+    let before = nat(&netns, "iptables-save");
+    let output = netns.exec(
+        PEERGUARD,
+        &[
+            "iptables",
+            "--apply",
+            "--inbound-ports",
+            "8080",
+            "--exclude-inbound-ports",
+            "8080",
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("port 8080 is in both --inbound-ports and --exclude-inbound-ports"),
+        "{stderr}"
+    );
+    assert_eq!(nat(&netns, "iptables-save"), before);
+}
+
+/// What istio-init leaves in a pod's nat table: `istio-iptables -p 15001 -z 15006 -u 1337
+/// -m REDIRECT -i '*' -b '*' -d 15090,15021,15020`, written as an iptables-restore script after
+/// istio's `tools/istio-iptables/pkg/capture/testdata/inbound-ports-wildcard.golden` with the
+/// `-d` exclusions that the injector passes.
+const ISTIO_INIT: &str = "*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+";
+
+/// Load `script` with `program --noflush` in the namespace.
+fn restore(netns: &Netns, program: &str, script: &str) {
+    let mut child = netns
+        .command(program)
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iptables-restore");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write the script");
+    assert!(child.wait().expect("wait").success(), "{program} refused:\n{script}");
+}
+
+#[test]
+fn istio_inits_capture_is_neither_rewritten_nor_deleted() {
+    if played_role() {
+        return;
+    }
+    let netns = Netns::new("istio");
+    restore(&netns, "iptables-restore", ISTIO_INIT);
+    let (v4, v6) = (nat(&netns, "iptables-save"), nat(&netns, "ip6tables-save"));
+    for args in [["--apply", "--ipv6"], ["--clean", "--ipv6"]] {
+        let output = netns.exec(PEERGUARD, &["iptables", args[0], args[1]]);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for named in [
+            "ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_REDIRECT (nat table)",
+            "sidecar.istio.io/inject: \"false\"",
+        ] {
+            assert!(stderr.contains(named), "{args:?}: {named} in {stderr}");
+        }
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        // Neither family changed: IPv4 was inspected (and refused) before IPv6 was touched.
+        assert_eq!(nat(&netns, "iptables-save"), v4, "{args:?}");
+        assert_eq!(nat(&netns, "ip6tables-save"), v6, "{args:?}");
+    }
+}
+
+#[test]
+fn a_rule_someone_added_to_our_chain_makes_apply_and_clean_refuse() {
+    if played_role() {
+        return;
+    }
+    let netns = Netns::new("mixed");
+    peerguard_iptables(&netns, &["--apply"]);
+    netns.ok(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "ISTIO_INBOUND",
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-j",
+            "RETURN",
+        ],
+    );
+    let before = nat(&netns, "iptables-save");
+    for flag in ["--apply", "--clean"] {
+        let output = netns.exec(PEERGUARD, &["iptables", flag]);
+        assert!(!output.status.success(), "{flag} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("(ISTIO_INBOUND (nat table))"), "{stderr}");
+        assert_eq!(nat(&netns, "iptables-save"), before, "{flag}");
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Operating peerguard (PRODUCT.md §2.7, §3, §5): readiness, the admin endpoint, metrics, hot
+//! Operating peerguard (docs/operating.md): readiness, the admin endpoint, metrics, hot
 //! reload of policy and certificates, the JSON access log, drain on SIGTERM, and the
 //! connection cap. Real sockets on 127.0.0.1, real TLS, the proxy in-process via `app::start`
 //! or as the real binary where signals matter.

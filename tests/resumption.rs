@@ -1,7 +1,8 @@
-//! TLS session resumption through the real binary (PRODUCT.md §2.4): a resumed session is
-//! accepted only while the client certificate it was established with is valid and never past
-//! `--session-lifetime`; the access log says when a session was resumed or a resumption was
-//! declined. rustls and `openssl s_client -sess_out/-sess_in` clients, TLS 1.2 and 1.3.
+//! TLS session resumption through the real binary (docs/connections.md#session-resumption): a
+//! resumed session is accepted only while the client certificate it was established with is
+//! valid and never past `--session-lifetime`; the access log says when a session was resumed or
+//! a resumption was declined. rustls and `openssl s_client -sess_out/-sess_in` clients, TLS 1.2
+//! and 1.3.
 
 #[path = "operations/harness.rs"]
 #[allow(dead_code)] // the operations tests' harness; this file uses the binary and the echo app

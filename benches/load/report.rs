@@ -16,7 +16,7 @@ pub struct Results {
     cpu: BTreeMap<(Phase, TargetKind), Vec<(f64, f64)>>,
 }
 
-/// The product targets of the task (PRODUCT.md budgets for the data path).
+/// The product targets of the task (the README's Performance table).
 #[derive(Clone, Copy)]
 enum Goal {
     /// peerguard / direct at least this.

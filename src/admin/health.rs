@@ -1,5 +1,6 @@
-//! Readiness (PRODUCT.md §5): ready only while a policy is loaded, the workload certificate in
-//! use is unexpired, every listener is bound, and the proxy is not draining.
+//! Readiness (docs/operating.md#ports-and-endpoints): ready only while a policy is loaded, the
+//! workload certificate in use is unexpired, every listener is bound, and the proxy is not
+//! draining.
 //!
 //! The policy condition holds by construction: `start` fails without a valid policy, and a
 //! failed reload keeps the last good one, so a policy snapshot always exists once serving.

@@ -4,7 +4,7 @@
 //! - `config_dump`: the `/config_dump` JSON document.
 //! - `health`: readiness, and the health endpoint's routes.
 //!
-//! Routes: `/config_dump`, `/stats/prometheus`, `/ready`.
+//! Routes: `/` (lists the others), `/config_dump`, `/stats/prometheus`, `/ready`.
 
 pub mod config_dump;
 pub mod health;
@@ -23,6 +23,12 @@ use server::Routes;
 
 /// OpenMetrics text, as `prometheus_client` encodes it (Prometheus scrapes it natively).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /`: what a person who opens the admin address finds there.
+const INDEX: &str = "peerguard admin endpoint\n\
+    /config_dump        the workload, listeners, each port's mode and protocol, the certificate (JSON)\n\
+    /stats/prometheus   metrics (OpenMetrics text)\n\
+    /ready              readiness: 200, or 503 with the reason\n";
 
 /// What the admin endpoint reads; all of it shared with the data path, nothing copied.
 pub struct Admin {
@@ -57,6 +63,7 @@ impl Admin {
             "/config_dump" => self.config_dump(),
             METRICS_PATH => scrape(&self.metrics),
             "/ready" => health::ready_response(&self.readiness),
+            "/" => server::text(StatusCode::OK, INDEX.to_owned()),
             other => server::not_found(other),
         })
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::policy::{ConflictingOverride, ProtocolOverrides, Workload};
+use crate::tls::identity::is_trust_domain;
 
 impl std::fmt::Display for AppHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +97,7 @@ pub struct Config {
 }
 
 /// How a drain goes after SIGTERM: readiness turns 503 at once; the listeners keep accepting
-/// for `accept`; then they close and open connections get `timeout`; then the rest are cut.
+/// for `accept`; then they close, and open connections are cut `timeout` after the SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainTimes {
     pub accept: Duration,
@@ -106,8 +107,13 @@ pub struct DrainTimes {
 /// A command line that cannot make a working proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--listen {0:?}: expected LISTEN=APP, e.g. 0.0.0.0:18080=127.0.0.1:8080")]
-    Listen(String),
+    #[error("--listen {spec:?}: {problem}")]
+    Listen { spec: String, problem: String },
+    #[error(
+        "--trust-domain {0:?} is not a trust domain name: it is the host part of the mesh's SPIFFE IDs, \
+         lowercase letters, digits, `.`, `-` and `_`, such as cluster.local (without spiffe:// or a path)"
+    )]
+    TrustDomain(String),
     #[error("--inbound {0:?}: expected an address like 0.0.0.0:15006, or `none`")]
     Inbound(String),
     #[error("--metrics {0:?}: expected an address like 0.0.0.0:15090, or `none`")]
@@ -164,6 +170,9 @@ impl Config {
         if args.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
+        if !is_trust_domain(&args.trust_domain) {
+            return Err(ConfigError::TrustDomain(args.trust_domain.clone()));
+        }
         Ok(Config {
             workload: workload_from(&args.workload)?,
             policy: args.policy.clone(),
@@ -203,21 +212,61 @@ fn optional_address(text: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
+/// `LISTEN=APP`, each side `IP:PORT` or `localhost:PORT`.
 fn parse_listen(spec: &str) -> Result<ExplicitListener, ConfigError> {
-    let bad = || ConfigError::Listen(spec.to_string());
-    let (listen, app) = spec.split_once('=').ok_or_else(bad)?;
+    let bad = |problem: String| ConfigError::Listen {
+        spec: spec.to_owned(),
+        problem,
+    };
+    let (listen, app) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected LISTEN=APP, e.g. 127.0.0.1:18080=127.0.0.1:8080".to_owned()))?;
     Ok(ExplicitListener {
-        listen: listen.parse().map_err(|_| bad())?,
-        app: app.parse().map_err(|_| bad())?,
+        listen: endpoint(listen).map_err(|problem| bad(format!("LISTEN {problem}")))?,
+        app: endpoint(app).map_err(|problem| bad(format!("APP {problem}")))?,
     })
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT` read as 127.0.0.1. Other host names are not
+/// resolved: a name that resolves to several addresses (`localhost` itself is often `::1`
+/// first) would make the address peerguard binds or dials a guess.
+fn endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` has no port: write it as 127.0.0.1:8080"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{text}`: `{port}` is not a port (1..65535)"))?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
+    if host.contains(':') {
+        return Err(format!("`{text}`: put an IPv6 address in brackets, as [::1]:{port}"));
+    }
+    if host.is_empty() || host.parse::<IpAddr>().is_err() {
+        return Err(format!(
+            "`{text}`: `{host}` is not an IP address (host names other than localhost are not resolved)"
+        ));
+    }
+    Err(format!("`{text}` is not an address like 127.0.0.1:8080"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn problem(spec: &str) -> String {
+        match parse_listen(spec) {
+            Err(ConfigError::Listen { spec: quoted, problem }) if quoted == spec => problem,
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+
     #[test]
-    fn listen_specs_need_both_addresses() {
+    fn listen_specs_take_addresses_and_localhost() {
         assert_eq!(
             parse_listen("127.0.0.1:18080=127.0.0.1:8080").unwrap(),
             ExplicitListener {
@@ -225,8 +274,44 @@ mod tests {
                 app: "127.0.0.1:8080".parse().unwrap()
             }
         );
-        for bad in ["127.0.0.1:18080", "127.0.0.1:18080=", "=127.0.0.1:8080", "a=b"] {
-            assert!(matches!(parse_listen(bad), Err(ConfigError::Listen(spec)) if spec == bad));
-        }
+        assert_eq!(
+            parse_listen("localhost:25000=LOCALHOST:24000").unwrap(),
+            ExplicitListener {
+                listen: "127.0.0.1:25000".parse().unwrap(),
+                app: "127.0.0.1:24000".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            parse_listen("[::]:18080=[::1]:8080").unwrap().app,
+            "[::1]:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_bad_listen_spec_says_which_side_is_wrong_and_why() {
+        assert_eq!(
+            problem("127.0.0.1:18080"),
+            "expected LISTEN=APP, e.g. 127.0.0.1:18080=127.0.0.1:8080"
+        );
+        assert_eq!(
+            problem("127.0.0.1:18080="),
+            "APP `` has no port: write it as 127.0.0.1:8080"
+        );
+        assert_eq!(
+            problem("=127.0.0.1:8080"),
+            "LISTEN `` has no port: write it as 127.0.0.1:8080"
+        );
+        assert_eq!(
+            problem("127.0.0.1:18080=db.local:8080"),
+            "APP `db.local:8080`: `db.local` is not an IP address (host names other than localhost are not resolved)"
+        );
+        assert_eq!(
+            problem("127.0.0.1:http=127.0.0.1:8080"),
+            "LISTEN `127.0.0.1:http`: `http` is not a port (1..65535)"
+        );
+        assert_eq!(
+            problem("::1:18080=127.0.0.1:8080"),
+            "LISTEN `::1:18080`: put an IPv6 address in brackets, as [::1]:18080"
+        );
     }
 }

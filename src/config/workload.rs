@@ -1,4 +1,5 @@
-//! Who the workload is (PRODUCT.md §1.1): `--labels k=v,...` or the downward-API labels file.
+//! Who the workload is (docs/policy.md#the-workload): `--labels k=v,...` or the downward-API
+//! labels file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

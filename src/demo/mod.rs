@@ -3,6 +3,7 @@
 //! one PERMISSIVE, one STRICT and one DISABLE port, and the commands that show each behaviour.
 
 mod echo_app;
+mod ports;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,36 +16,16 @@ use clap::Parser;
 use crate::certs::DevCa;
 use crate::cli::{Cli, Command, DemoArgs};
 use crate::tls::identity::SpiffeId;
+use ports::Ports;
 
 const NAMESPACE: &str = "demo";
 const WORKLOAD_LABELS: &str = "app=echo";
 /// Certificates outlive any demo session but not a forgotten directory.
 const VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The demo's ports: peerguard listens on `base + 80..`, the app on `base + 1080..`.
-struct Ports {
-    permissive: (u16, u16),
-    strict: (u16, u16),
-    disable: (u16, u16),
-    admin: u16,
-    health: u16,
-}
-
-impl Ports {
-    fn from_base(base: u16) -> anyhow::Result<Ports> {
-        let at = |offset: u16| {
-            base.checked_add(offset)
-                .context("--base-port is too high: the demo needs base+1100")
-        };
-        Ok(Ports {
-            permissive: (at(80)?, at(1080)?),
-            strict: (at(81)?, at(1081)?),
-            disable: (at(82)?, at(1082)?),
-            admin: at(1000)?,
-            health: at(1021)?,
-        })
-    }
-}
+/// The two CAs get different names, so that what openssl prints tells the mesh's certificate
+/// (mTLS terminated by peerguard) from the app's own (TLS passed through).
+const MESH_CA_NAME: &str = "peerguard demo mesh CA";
+const APP_CA_NAME: &str = "peerguard demo app CA (the app's own TLS, not the mesh)";
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -52,11 +33,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("peerguard-demo-{}", std::process::id())),
+    let ports = ports::choose(args.base_port)?;
+    // A directory the demo made is removed however it ends (it holds a CA key); one given with
+    // --dir is the user's and stays.
+    let (dir, _scratch) = match &args.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!("peerguard-demo-{}", std::process::id()));
+            (dir.clone(), Some(Scratch(dir)))
+        }
     };
-    let ports = Ports::from_base(args.base_port)?;
     write_pki(&dir)?;
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, policy_yaml(&ports)).with_context(|| format!("writing {}", policy.display()))?;
@@ -74,9 +60,10 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the demo's own run command line did not parse as `run`");
     };
     let config = crate::config::Config::from_args(&run_args)?;
-    let running = crate::app::start(&config).await?;
+    // The start error already names its cause; as an anyhow chain it would say it twice.
+    let running = crate::app::start(&config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    println!("{}", instructions(&dir, &ports, &run_line));
+    println!("{}", instructions(&dir, args.dir.is_none(), &ports, &run_line));
     tokio::signal::ctrl_c().await?;
     running
         .drain(crate::config::DrainTimes {
@@ -87,17 +74,47 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the demo's own directory when the demo ends, by Ctrl-C or by an error.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// This very binary, as a person would type it: after `cargo run` there is no `peerguard` on
+/// PATH, so the printed commands name the binary that printed them.
+fn own_binary() -> String {
+    std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "peerguard".to_owned())
+}
+
+/// `text` as one shell word: as is when it has nothing a shell would read, else single-quoted.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=,@%+".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// A mesh CA with certificates for the echo workload and for a mesh client, and a separate
 /// CA for the app's own TLS (what the app would serve without a mesh).
 fn write_pki(dir: &Path) -> anyhow::Result<()> {
-    let mesh = DevCa::generate()?;
+    let mesh = DevCa::generate_named(MESH_CA_NAME)?;
     mesh.save(&dir.join("mesh-ca"))?;
     let id = |sa: &str| SpiffeId::new("cluster.local", NAMESPACE, sa);
     mesh.issue_workload(&id("echo")?, VALIDITY)?
         .write_cert_dir(&dir.join("echo-certs"))?;
     mesh.issue_workload(&id("client")?, VALIDITY)?
         .write_cert_dir(&dir.join("client-certs"))?;
-    let app_ca = DevCa::generate()?;
+    let app_ca = DevCa::generate_named(APP_CA_NAME)?;
     app_ca
         .issue_server(&["localhost", "127.0.0.1"], VALIDITY)?
         .write_cert_dir(&dir.join("app-tls"))?;
@@ -152,7 +169,7 @@ spec:
 }
 
 fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
-    let mut line: Vec<String> = ["peerguard", "run", "--inbound", "none"].map(String::from).to_vec();
+    let mut line: Vec<String> = vec![own_binary(), "run".into(), "--inbound".into(), "none".into()];
     for (listen, app) in [ports.permissive, ports.strict, ports.disable] {
         line.push("--listen".into());
         line.push(format!("127.0.0.1:{listen}=127.0.0.1:{app}"));
@@ -178,14 +195,20 @@ fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
     line
 }
 
-fn instructions(dir: &Path, ports: &Ports, run_line: &[String]) -> String {
-    let d = dir.display();
+fn instructions(dir: &Path, removed_at_exit: bool, ports: &Ports, run_line: &[String]) -> String {
+    let d = shell_word(&dir.display().to_string());
+    let files = if removed_at_exit {
+        format!("Files are in {d} (removed when the demo stops; --dir DIR keeps them)")
+    } else {
+        format!("Files are in {d}")
+    };
+    let peerguard = shell_word(&own_binary());
     let mesh_client = format!(
         "-cert {d}/client-certs/cert-chain.pem -key {d}/client-certs/key.pem -CAfile {d}/client-certs/root-cert.pem"
     );
     let (permissive, strict, disable) = (ports.permissive.0, ports.strict.0, ports.disable.0);
     format!(
-        "peerguard demo is running (Ctrl-C stops it). Files are in {d}.
+        "peerguard demo is running on ports from {base} (Ctrl-C stops it). {files}.
 peerguard fronts an echo app (namespace {NAMESPACE}, labels {WORKLOAD_LABELS}) with the policy in {d}/policy.yaml:
   127.0.0.1:{permissive} -> app :{pa}  PERMISSIVE (namespace default)
   127.0.0.1:{strict} -> app :{sa}  STRICT     (portLevelMtls)
@@ -212,11 +235,51 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1
 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:{disable} -alpn istio-http/1.1,istio,http/1.1 -CAfile {d}/app-tls/root-cert.pem
 
 # What would peerguard do, and why:
-peerguard check --policy {d}/policy.yaml --namespace {NAMESPACE} --labels {WORKLOAD_LABELS}
+{peerguard} check --policy {d}/policy.yaml --namespace {NAMESPACE} --labels {WORKLOAD_LABELS}
 ",
         pa = ports.permissive.1,
         sa = ports.strict.1,
         da = ports.disable.1,
-        run = run_line.join(" "),
+        base = ports.base,
+        run = run_line.iter().map(|word| shell_word(word)).collect::<Vec<_>>().join(" "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+
+    fn issuer_of(cert_pem_file: &Path) -> String {
+        let pem = std::fs::read(cert_pem_file).unwrap();
+        let der: rustls_pki_types::CertificateDer = rustls_pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        cert.issuer().to_string()
+    }
+
+    #[test]
+    fn the_mesh_ca_and_the_apps_own_ca_have_different_names() {
+        let dir = std::env::temp_dir().join(format!("peerguard-demo-unit-{}", std::process::id()));
+        let _scratch = Scratch(dir.clone());
+        write_pki(&dir).unwrap();
+        let mesh = issuer_of(&dir.join("echo-certs/cert-chain.pem"));
+        let app = issuer_of(&dir.join("app-tls/cert-chain.pem"));
+        assert!(mesh.contains(MESH_CA_NAME), "{mesh}");
+        assert!(app.contains("peerguard demo app CA"), "{app}");
+    }
+
+    #[test]
+    fn printed_words_are_quoted_only_when_a_shell_would_read_them() {
+        assert_eq!(
+            shell_word("/tmp/peerguard-demo-1/policy.yaml"),
+            "/tmp/peerguard-demo-1/policy.yaml"
+        );
+        assert_eq!(
+            shell_word("127.0.0.1:18080=127.0.0.1:19080"),
+            "127.0.0.1:18080=127.0.0.1:19080"
+        );
+        assert_eq!(shell_word("/home/a b/peerguard"), "'/home/a b/peerguard'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
 }

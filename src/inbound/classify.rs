@@ -19,7 +19,7 @@ pub struct SniffLimits {
     pub timeout: Duration,
 }
 
-/// What classifying a connection's first bytes found (PRODUCT.md §2.2).
+/// What classifying a connection's first bytes found (docs/connections.md#the-first-bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sniffed {
     /// Not read at all: DISABLE ports forward at once, so server-first protocols work.

@@ -36,7 +36,7 @@ pub fn reads_first_bytes(mode: MtlsMode) -> bool {
     mode != MtlsMode::Disable
 }
 
-/// The decision table of PRODUCT.md §2.3.
+/// The decision table (docs/connections.md#the-decision-table).
 pub fn decide(mode: MtlsMode, sniffed: &Sniffed, http_alpn: bool) -> Decision {
     use Action::{Passthrough, Refuse, Terminate};
     let (action, reason) = match (mode, sniffed) {

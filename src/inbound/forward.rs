@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::outcome::{End, Transferred};
 
-/// Bytes read per poll from one side: the per-direction buffer bound of PRODUCT.md §5.
+/// Bytes read per poll from one side: the per-direction buffer bound (docs/operating.md#limits).
 pub const CHUNK: usize = 32 * 1024;
 
 /// Reads per direction before letting the other direction and other tasks run.

@@ -12,7 +12,8 @@ pub enum Family {
 }
 
 impl Family {
-    fn save_program(self) -> &'static str {
+    /// The reader; also the name printed when reporting what it found.
+    pub fn save_program(self) -> &'static str {
         match self {
             Family::V4 => "iptables-save",
             Family::V6 => "ip6tables-save",
@@ -49,10 +50,11 @@ pub enum CommandError {
     },
 }
 
-/// The current nat table, as `iptables-save -t nat` prints it.
-pub fn save_nat(family: Family) -> Result<String, CommandError> {
+/// Every table, as `iptables-save` prints it: Istio's capture may live outside the nat table
+/// (TPROXY mode uses mangle), and it must be found wherever it is.
+pub fn save(family: Family) -> Result<String, CommandError> {
     let program = family.save_program();
-    let output = spawn(program, &["-t", "nat"], Stdio::null())
+    let output = spawn(program, &[], Stdio::null())
         .and_then(|child| child.wait_with_output())
         .map_err(|source| io_error(program, source))?;
     checked(program, &output)?;

@@ -11,17 +11,14 @@
 //! NAT in OUTPUT), so peerguard's own upstream connections cannot loop and need neither
 //! istio's `-s 127.0.0.6/32 -j RETURN` guard nor its `--uid-owner` rules: those live in
 //! `ISTIO_OUTPUT`, which only outbound capture needs.
+//!
+//! Every rule carries the comment `peerguard` (see `saved`): it is how `--apply` tells our
+//! rules from Istio's, and how `--clean` removes only ours.
 
 use std::collections::BTreeSet;
 
+use super::saved::{Table, COMMENT, INBOUND_CHAIN, REDIRECT_CHAIN};
 use crate::cli::IptablesArgs;
-
-/// The chain PREROUTING jumps to; it decides which ports are captured.
-const INBOUND_CHAIN: &str = "ISTIO_INBOUND";
-/// The chain that REDIRECTs a captured connection to peerguard's inbound port.
-const REDIRECT_CHAIN: &str = "ISTIO_IN_REDIRECT";
-/// Our one rule outside our own chains, exactly as `iptables-save` prints it.
-const PREROUTING_JUMP: &str = "-A PREROUTING -p tcp -j ISTIO_INBOUND";
 
 /// Bad port arguments.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +29,17 @@ pub enum PortsError {
     NotAPort(String),
     #[error("port {0} is peerguard's own and is never redirected; remove it from --inbound-ports")]
     OwnPort(u16),
+    #[error(
+        "port {0} is in both --inbound-ports and --exclude-inbound-ports: say whether it is captured \
+         (enforced by peerguard) or not, in one of them"
+    )]
+    IncludedAndExcluded(u16),
+    #[error(
+        "--inbound-port is ambiguous and no longer taken: for the port peerguard's transparent listener \
+         (`run --inbound`) is on, the REDIRECT target, use --redirect-port {0}; for the pod ports to \
+         capture, use --inbound-ports"
+    )]
+    RenamedInboundPort(String),
 }
 
 /// Which inbound ports are redirected.
@@ -39,7 +47,7 @@ pub enum PortsError {
 pub enum InboundPorts {
     /// Every port except the excluded ones.
     All { excluded: BTreeSet<u16> },
-    /// Only these ports (in the order given, duplicates and excluded ports dropped).
+    /// Only these ports (in the order given, duplicates dropped).
     Listed(Vec<u16>),
 }
 
@@ -48,27 +56,34 @@ pub enum InboundPorts {
 pub struct Capture {
     pub ports: InboundPorts,
     /// peerguard's transparent listener port, the REDIRECT target.
-    pub inbound_port: u16,
+    pub redirect_port: u16,
 }
 
 impl Capture {
-    /// Validate the command line. peerguard's own ports (inbound, admin, health, metrics) are always
-    /// excluded with `*`: redirecting them would make peerguard refuse every connection to them
-    /// as `own_port`, and the kubelet's health probe must reach `--health-port` as is.
+    /// Validate the command line. peerguard's own ports (inbound, admin, health, metrics) are
+    /// always excluded with `*`: redirecting them would make peerguard refuse every connection
+    /// to them as `own_port`, and the kubelet's probes and Prometheus must reach them as is. A port
+    /// both listed and excluded is an error rather than silently not captured: the person who
+    /// listed it expects it enforced.
     pub fn from_args(args: &IptablesArgs) -> Result<Self, PortsError> {
-        let inbound_port = nonzero(args.inbound_port)?;
+        if let Some(old) = &args.renamed_inbound_port {
+            return Err(PortsError::RenamedInboundPort(old.clone()));
+        }
+        let redirect_port = nonzero(args.redirect_port)?;
         let own = [
-            inbound_port,
+            redirect_port,
             nonzero(args.admin_port)?,
             nonzero(args.health_port)?,
             nonzero(args.metrics_port)?,
         ];
-        let mut excluded = BTreeSet::from(own);
+        let mut excluded_by_flag = BTreeSet::new();
         for &port in &args.exclude_inbound_ports {
-            excluded.insert(nonzero(port)?);
+            excluded_by_flag.insert(nonzero(port)?);
         }
         let text = args.inbound_ports.trim();
         let ports = if text == "*" {
+            let mut excluded = excluded_by_flag;
+            excluded.extend(own);
             InboundPorts::All { excluded }
         } else {
             let items: Vec<&str> = text.split(',').map(str::trim).filter(|item| !item.is_empty()).collect();
@@ -85,13 +100,16 @@ impl Capture {
                 if own.contains(&port) {
                     return Err(PortsError::OwnPort(port));
                 }
-                if !excluded.contains(&port) && !listed.contains(&port) {
+                if excluded_by_flag.contains(&port) {
+                    return Err(PortsError::IncludedAndExcluded(port));
+                }
+                if !listed.contains(&port) {
                     listed.push(port);
                 }
             }
             InboundPorts::Listed(listed)
         };
-        Ok(Self { ports, inbound_port })
+        Ok(Self { ports, redirect_port })
     }
 }
 
@@ -103,22 +121,28 @@ fn nonzero(port: u16) -> Result<u16, PortsError> {
     }
 }
 
+/// `-A CHAIN MATCHES -m comment --comment peerguard -j TARGET`: one of our rules.
+fn rule(chain: &str, matches: &str, target: &str) -> String {
+    format!("-A {chain} {matches} -m comment --comment {COMMENT} -j {target}")
+}
+
 /// The script `peerguard iptables` prints: the whole capture for a nat table that has none of
 /// it yet, loadable with `iptables-restore --noflush` (and `ip6tables-restore --noflush`).
 pub fn print_script(capture: &Capture) -> String {
     let mut script = String::from(
         "# peerguard inbound capture (istio-iptables compatible, nat table).\n\
          # Load with `iptables-restore --noflush` (and `ip6tables-restore --noflush` for IPv6),\n\
-         # or run `peerguard iptables --apply`, which is idempotent.\n",
+         # or run `peerguard iptables --apply`, which is idempotent and refuses to touch Istio's rules.\n",
     );
-    script.push_str(&apply_script(capture, ""));
+    script.push_str(&apply_script(capture, None));
     script
 }
 
-/// The script that brings a nat table, as `iptables-save -t nat` printed it, to exactly our
-/// capture: our chains are (re)created and flushed before they are filled, and the PREROUTING
-/// jump is added only if it is missing, so applying twice leaves the same rule set.
-pub fn apply_script(capture: &Capture, current_nat: &str) -> String {
+/// The script that brings a nat table (`None`: there is none yet) to exactly our capture: our
+/// chains are (re)created and flushed before they are filled, and the PREROUTING jump is added
+/// only if it is missing, so applying twice leaves the same rule set. The caller has checked
+/// that nothing foreign sits in our chains ([`super::saved::foreign_chains`]).
+pub fn apply_script(capture: &Capture, nat: Option<&Table>) -> String {
     let mut lines = vec![
         "*nat".to_owned(),
         format!(":{INBOUND_CHAIN} - [0:0]"),
@@ -126,41 +150,42 @@ pub fn apply_script(capture: &Capture, current_nat: &str) -> String {
         format!("-F {INBOUND_CHAIN}"),
         format!("-F {REDIRECT_CHAIN}"),
     ];
-    if prerouting_jumps(current_nat) == 0 {
-        lines.push(PREROUTING_JUMP.to_owned());
+    if our_jumps(nat).next().is_none() {
+        lines.push(rule("PREROUTING", "-p tcp", INBOUND_CHAIN));
     }
     match &capture.ports {
         InboundPorts::All { excluded } => {
             for port in excluded {
-                lines.push(format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN"));
+                lines.push(rule(INBOUND_CHAIN, &format!("-p tcp --dport {port}"), "RETURN"));
             }
-            lines.push(format!("-A {INBOUND_CHAIN} -p tcp -j {REDIRECT_CHAIN}"));
+            lines.push(rule(INBOUND_CHAIN, "-p tcp", REDIRECT_CHAIN));
         }
         InboundPorts::Listed(ports) => {
             for port in ports {
-                lines.push(format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j {REDIRECT_CHAIN}"));
+                lines.push(rule(INBOUND_CHAIN, &format!("-p tcp --dport {port}"), REDIRECT_CHAIN));
             }
         }
     }
-    lines.push(format!(
-        "-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
-        capture.inbound_port
+    lines.push(rule(
+        REDIRECT_CHAIN,
+        "-p tcp",
+        &format!("REDIRECT --to-ports {}", capture.redirect_port),
     ));
     lines.push("COMMIT".to_owned());
     lines.join("\n") + "\n"
 }
 
-/// The script that removes what [`apply_script`] added from a nat table as `iptables-save -t
-/// nat` printed it: every PREROUTING jump to our chain, then our chains. `None` when there is
-/// nothing of ours, so cleaning twice is fine.
-pub fn clean_script(current_nat: &str) -> Option<String> {
+/// The script that removes what [`apply_script`] added: each of our rules outside our chains
+/// (the PREROUTING jump), deleted by its saved spec, then our chains, which hold only our rules
+/// (the caller has checked). A chain of ours that holds none of our rules is not known to be
+/// ours and stays. `None` when there is nothing of ours, so cleaning twice is fine.
+pub fn clean_script(nat: Option<&Table>) -> Option<String> {
+    let nat = nat?;
     let mut lines = vec!["*nat".to_owned()];
-    for _ in 0..prerouting_jumps(current_nat) {
-        lines.push(PREROUTING_JUMP.replacen("-A", "-D", 1));
-    }
+    lines.extend(our_jumps(Some(nat)).map(|line| line.replacen("-A", "-D", 1)));
     let ours: Vec<&str> = [INBOUND_CHAIN, REDIRECT_CHAIN]
         .into_iter()
-        .filter(|chain| has_chain(current_nat, chain))
+        .filter(|&chain| nat.has_chain(chain) && nat.rules.iter().any(|rule| rule.chain == chain && rule.ours))
         .collect();
     // Flush both before deleting either: ISTIO_INBOUND's rules reference ISTIO_IN_REDIRECT.
     lines.extend(ours.iter().map(|chain| format!("-F {chain}")));
@@ -172,21 +197,19 @@ pub fn clean_script(current_nat: &str) -> Option<String> {
     Some(lines.join("\n") + "\n")
 }
 
-fn prerouting_jumps(current_nat: &str) -> usize {
-    current_nat
-        .lines()
-        .filter(|line| line.trim() == PREROUTING_JUMP)
-        .count()
-}
-
-fn has_chain(current_nat: &str, chain: &str) -> bool {
-    current_nat
-        .lines()
-        .any(|line| line.strip_prefix(':').and_then(|rest| rest.split_whitespace().next()) == Some(chain))
+/// Our rules in chains that are not ours: the PREROUTING jump, as saved.
+fn our_jumps<'t>(nat: Option<&'t Table>) -> impl Iterator<Item = &'t str> {
+    nat.into_iter().flat_map(|nat| {
+        nat.rules
+            .iter()
+            .filter(|rule| rule.ours && rule.chain != INBOUND_CHAIN && rule.chain != REDIRECT_CHAIN)
+            .map(|rule| rule.line)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::saved::{nat, tables};
     use super::*;
 
     fn args(inbound_ports: &str, exclude: &[u16]) -> IptablesArgs {
@@ -195,7 +218,8 @@ mod tests {
             clean: false,
             inbound_ports: inbound_ports.to_owned(),
             exclude_inbound_ports: exclude.to_vec(),
-            inbound_port: 15006,
+            redirect_port: 15006,
+            renamed_inbound_port: None,
             admin_port: 15000,
             health_port: 15021,
             metrics_port: 15090,
@@ -204,7 +228,7 @@ mod tests {
     }
 
     fn rules(capture: &Capture) -> Vec<String> {
-        apply_script(capture, "").lines().map(str::to_owned).collect()
+        apply_script(capture, None).lines().map(str::to_owned).collect()
     }
 
     #[test]
@@ -218,38 +242,53 @@ mod tests {
                 ":ISTIO_IN_REDIRECT - [0:0]",
                 "-F ISTIO_INBOUND",
                 "-F ISTIO_IN_REDIRECT",
-                "-A PREROUTING -p tcp -j ISTIO_INBOUND",
-                "-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN",
-                "-A ISTIO_INBOUND -p tcp --dport 15000 -j RETURN",
-                "-A ISTIO_INBOUND -p tcp --dport 15006 -j RETURN",
-                "-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN",
-                "-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN",
-                "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
-                "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+                "-A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND",
+                "-A ISTIO_INBOUND -p tcp --dport 22 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15000 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15006 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15021 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp --dport 15090 -m comment --comment peerguard -j RETURN",
+                "-A ISTIO_INBOUND -p tcp -m comment --comment peerguard -j ISTIO_IN_REDIRECT",
+                "-A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 15006",
                 "COMMIT",
             ]
         );
     }
 
     #[test]
+    fn every_rule_we_write_reads_back_as_ours() {
+        let script = apply_script(&Capture::from_args(&args("*", &[22])).unwrap(), None);
+        let saved = tables(&script);
+        assert!(!saved[0].rules.is_empty());
+        assert!(saved[0].rules.iter().all(|rule| rule.ours), "{script}");
+    }
+
+    #[test]
     fn listed_ports_each_jump_to_the_redirect() {
-        let capture = Capture::from_args(&args("80, 443,80,22", &[22])).unwrap();
+        let capture = Capture::from_args(&args("80, 443,80", &[22])).unwrap();
         assert_eq!(capture.ports, InboundPorts::Listed(vec![80, 443]));
         let rules = rules(&capture);
-        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 80 -j ISTIO_IN_REDIRECT".to_owned()));
-        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 443 -j ISTIO_IN_REDIRECT".to_owned()));
+        assert!(rules.contains(
+            &"-A ISTIO_INBOUND -p tcp --dport 80 -m comment --comment peerguard -j ISTIO_IN_REDIRECT".to_owned()
+        ));
+        assert!(rules.contains(
+            &"-A ISTIO_INBOUND -p tcp --dport 443 -m comment --comment peerguard -j ISTIO_IN_REDIRECT".to_owned()
+        ));
         assert!(!rules
             .iter()
             .any(|rule| rule.contains("RETURN") || rule.contains("--dport 22")));
     }
 
     #[test]
-    fn a_moved_inbound_port_moves_the_redirect_and_its_exclusion() {
+    fn a_moved_redirect_port_moves_the_redirect_and_its_exclusion() {
         let mut moved = args("*", &[]);
-        moved.inbound_port = 16006;
+        moved.redirect_port = 16006;
         let rules = rules(&Capture::from_args(&moved).unwrap());
-        assert!(rules.contains(&"-A ISTIO_INBOUND -p tcp --dport 16006 -j RETURN".to_owned()));
-        assert!(rules.contains(&"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006".to_owned()));
+        assert!(rules
+            .contains(&"-A ISTIO_INBOUND -p tcp --dport 16006 -m comment --comment peerguard -j RETURN".to_owned()));
+        assert!(rules.contains(
+            &"-A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 16006".to_owned()
+        ));
     }
 
     #[test]
@@ -259,7 +298,9 @@ mod tests {
         moved.health_port = 16021;
         let rules = rules(&Capture::from_args(&moved).unwrap());
         for port in [16000, 16021] {
-            assert!(rules.contains(&format!("-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN")));
+            assert!(rules.contains(&format!(
+                "-A ISTIO_INBOUND -p tcp --dport {port} -m comment --comment peerguard -j RETURN"
+            )));
         }
         assert!(!rules
             .iter()
@@ -293,21 +334,38 @@ mod tests {
             Err(PortsError::OwnPort(15021))
         );
         assert_eq!(Capture::from_args(&args("15006", &[])), Err(PortsError::OwnPort(15006)));
+        assert_eq!(Capture::from_args(&args("15090", &[])), Err(PortsError::OwnPort(15090)));
     }
 
     #[test]
-    fn a_list_emptied_by_exclusions_captures_nothing() {
-        let capture = Capture::from_args(&args("22", &[22])).unwrap();
-        assert_eq!(capture.ports, InboundPorts::Listed(vec![]));
-        assert!(!rules(&capture).iter().any(|rule| rule.starts_with("-A ISTIO_INBOUND")));
+    fn a_port_both_listed_and_excluded_is_a_contradiction() {
+        assert_eq!(
+            Capture::from_args(&args("8080", &[8080])),
+            Err(PortsError::IncludedAndExcluded(8080))
+        );
+        assert_eq!(
+            Capture::from_args(&args("80,8080", &[22, 8080])),
+            Err(PortsError::IncludedAndExcluded(8080))
+        );
+        // With `*` an exclusion is what narrows the capture; excluding an own port is harmless.
+        assert!(Capture::from_args(&args("*", &[8080, 15021])).is_ok());
+    }
+
+    #[test]
+    fn the_old_inbound_port_spelling_is_refused_naming_both_new_flags() {
+        let mut old = args("*", &[]);
+        old.renamed_inbound_port = Some("15006".into());
+        let message = Capture::from_args(&old).unwrap_err().to_string();
+        assert!(message.contains("--redirect-port 15006"), "{message}");
+        assert!(message.contains("--inbound-ports"), "{message}");
     }
 
     #[test]
     fn applying_over_an_existing_capture_keeps_one_prerouting_jump() {
         let capture = Capture::from_args(&args("*", &[])).unwrap();
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n\
-                     -A PREROUTING -p tcp -j ISTIO_INBOUND\nCOMMIT\n";
-        let script = apply_script(&capture, saved);
+                     -A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND\nCOMMIT\n";
+        let script = apply_script(&capture, nat(&tables(saved)));
         assert!(!script.contains("-A PREROUTING"));
         assert!(script.contains("-F ISTIO_INBOUND\n"));
     }
@@ -317,28 +375,36 @@ mod tests {
         let capture = Capture::from_args(&args("*", &[])).unwrap();
         let printed = print_script(&capture);
         assert!(printed.starts_with("# peerguard inbound capture"));
-        assert!(printed.ends_with(&apply_script(&capture, "")));
+        assert!(printed.ends_with(&apply_script(&capture, None)));
     }
 
     #[test]
     fn clean_removes_our_jumps_and_chains_and_nothing_else() {
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-X - [0:0]\n\
                      :ISTIO_INBOUND - [0:0]\n:ISTIO_IN_REDIRECT - [0:0]\n\
-                     -A PREROUTING -p tcp -j KUBE-X\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n\
-                     -A PREROUTING -p tcp -j ISTIO_INBOUND\n\
-                     -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\nCOMMIT\n";
+                     -A PREROUTING -p tcp -j KUBE-X\n\
+                     -A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND\n\
+                     -A PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND\n\
+                     -A ISTIO_INBOUND -p tcp -m comment --comment peerguard -j ISTIO_IN_REDIRECT\n\
+                     -A ISTIO_IN_REDIRECT -p tcp -m comment --comment peerguard -j REDIRECT --to-ports 15006\n\
+                     COMMIT\n";
         assert_eq!(
-            clean_script(saved).unwrap(),
-            "*nat\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n\
+            clean_script(nat(&tables(saved))).unwrap(),
+            "*nat\n-D PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND\n\
+             -D PREROUTING -p tcp -m comment --comment peerguard -j ISTIO_INBOUND\n\
              -F ISTIO_INBOUND\n-F ISTIO_IN_REDIRECT\n-X ISTIO_INBOUND\n-X ISTIO_IN_REDIRECT\nCOMMIT\n"
         );
     }
 
     #[test]
     fn cleaning_a_table_without_our_rules_does_nothing() {
-        assert_eq!(clean_script(""), None);
+        assert_eq!(clean_script(None), None);
+        assert_eq!(clean_script(nat(&tables(""))), None);
+        // Chains with our names but none of our rules are not known to be ours.
         assert_eq!(
-            clean_script("*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUNDX - [0:0]\nCOMMIT\n"),
+            clean_script(nat(&tables(
+                "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n:ISTIO_INBOUNDX - [0:0]\nCOMMIT\n"
+            ))),
             None
         );
     }

@@ -1,4 +1,5 @@
-//! Values a client controls (SNI, ALPN names), made safe for the access log (PRODUCT.md §2.7).
+//! Values a client controls (SNI, ALPN names), made safe for the access log
+//! (docs/operating.md#access-log).
 //!
 //! A ClientHello is unauthenticated, so whatever it carries must not be able to add a line, a
 //! field or a terminal control sequence to the log. Both log formats write the same escaped

@@ -1,4 +1,5 @@
-//! The one record every connection ends in (PRODUCT.md §2.7): logged once, counted once.
+//! The one record every connection ends in (docs/connections.md#reasons): logged once, counted
+//! once.
 
 use std::fmt;
 use std::net::SocketAddr;

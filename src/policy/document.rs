@@ -12,7 +12,7 @@ use crate::policy::node::{FieldResult, Node};
 use crate::policy::peer_authentication::PeerAuthentication;
 use crate::policy::service::Service;
 
-/// The kinds peerguard understands (PRODUCT.md §1.2).
+/// The kinds peerguard understands (docs/policy.md#where-policies-come-from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     PeerAuthentication,

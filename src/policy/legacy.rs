@@ -1,5 +1,5 @@
-//! Legacy resolution (PRODUCT.md §1.5): v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service
-//! annotation, as Istio 1.1-1.4 applied them. Pure.
+//! Legacy resolution (docs/policy.md#legacy-formats): v1alpha1 MeshPolicy/Policy and the Istio
+//! 0.3 Service annotation, as Istio 1.1-1.4 applied them. Pure.
 //!
 //! The most specific policy replaces the others (no inheritance): a targeted `Policy` beats the
 //! namespace-wide `Policy`, which beats the `MeshPolicy` named `default`; any of them beats an

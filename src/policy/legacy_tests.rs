@@ -1,5 +1,5 @@
-//! Legacy resolution and the eras, in the terms of PRODUCT.md §1.5. The workload is the Istio
-//! samples' httpbin: Service port 8000 (`http`) -> container port 80.
+//! Legacy resolution and the eras, in the terms of docs/policy.md#legacy-formats. The workload
+//! is the Istio samples' httpbin: Service port 8000 (`http`) -> container port 80.
 
 use crate::policy::test_support::{legacy, peer, policies, run_cases, service, workload, Case, ROOT};
 use crate::policy::MtlsMode::{Disable, Permissive, Strict};

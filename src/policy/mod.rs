@@ -55,7 +55,7 @@ impl MtlsMode {
     }
 }
 
-/// The one workload this proxy fronts (PRODUCT.md §1.1).
+/// The one workload this proxy fronts (docs/policy.md#the-workload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
     pub namespace: String,
@@ -94,7 +94,8 @@ impl std::fmt::Display for PolicySource {
     }
 }
 
-/// Where in the precedence order a mode came from (PRODUCT.md §1.3 and §1.5).
+/// Where in the precedence order a mode came from (docs/policy.md#peerauthentication and
+/// #legacy-formats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyLevel {

@@ -7,7 +7,8 @@ use crate::policy::error::{Concern, Problem};
 use crate::policy::node::{FieldResult, Node};
 use crate::policy::MtlsMode;
 
-/// The Aspen Mesh annotation that makes standard HTTP ALPNs mesh markers (PRODUCT.md §1.4).
+/// The Aspen Mesh annotation that makes standard HTTP ALPNs mesh markers
+/// (docs/policy.md#the-http-alpn-annotation).
 pub(crate) const HTTP_ALPN_ANNOTATION: &str = "http-alpns.aspenmesh.io";
 
 const MODES: [(&str, Option<MtlsMode>); 4] = [

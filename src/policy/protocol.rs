@@ -1,5 +1,7 @@
-//! The app protocol of a workload port (PRODUCT.md §2.4): what peerguard may select as ALPN
-//! when it terminates mTLS, since it forwards bytes and cannot translate between protocols.
+//! The app protocol of a workload port
+//! (docs/connections.md#which-alpn-a-terminated-connection-gets): what peerguard may select as
+//! ALPN when it terminates mTLS, since it forwards bytes and cannot translate between
+//! protocols.
 //!
 //! A port's protocol comes from `--app-protocol PORT=http1|http2|tcp` (first), else from the
 //! Services that select the workload and map a port to it by `targetPort`, read as Istio reads
@@ -50,7 +52,8 @@ impl AppProtocol {
     ///   `tcp`, `tls`, `https`, `mongo`, `mysql`, `redis` → Tcp. `https` and `tls` are Tcp
     ///   because the app speaks TLS itself inside the mesh's mTLS: what peerguard decrypts is
     ///   the app's TLS, not HTTP, so no HTTP ALPN fits.
-    /// - `http1` and `h2c` are not in Istio's `protocol.Parse`; PRODUCT.md §2.4 adds them.
+    /// - `http1` and `h2c` are not in Istio's `protocol.Parse`; peerguard adds them
+    ///   (docs/connections.md#which-alpn-a-terminated-connection-gets).
     /// - `udp` (and anything else) declares no TCP protocol peerguard could serve: `None`.
     pub(crate) fn declared_by(text: &str) -> Option<AppProtocol> {
         match text {

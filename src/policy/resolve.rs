@@ -1,4 +1,5 @@
-//! Modern resolution (PRODUCT.md §1.3-1.4), the rules of Istio's `ComposePeerAuthentication`.
+//! Modern resolution (docs/policy.md#peerauthentication and #the-http-alpn-annotation), the
+//! rules of Istio's `ComposePeerAuthentication`.
 //!
 //! Pure: the PeerAuthentications and the workload in, the winner at each level out.
 

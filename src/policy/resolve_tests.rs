@@ -1,5 +1,5 @@
-//! Modern resolution, in the terms of PRODUCT.md §1.3-1.4. The first table mirrors the cases of
-//! Istio's `TestComposePeerAuthentication`.
+//! Modern resolution, in the terms of docs/policy.md#peerauthentication. The first table
+//! mirrors the cases of Istio's `TestComposePeerAuthentication`.
 
 use crate::policy::test_support::{peer, peer_annotated, peer_created, policies, run_cases, workload, Case, ROOT};
 use crate::policy::MtlsMode::{Disable, Permissive, Strict};

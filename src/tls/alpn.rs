@@ -1,8 +1,9 @@
-//! Which ALPN protocol the server selects when it terminates mTLS (PRODUCT.md §2.4). peerguard
-//! forwards the decrypted bytes and cannot translate between protocols, so it may only select
-//! what the app speaks: the port's declared protocol decides, and when nothing declares it
-//! HTTP/1.1 goes before h2, because an app that only speaks HTTP/1.1 answers h2's preface with
-//! an error, while an h2 app is reached by any client that offers only `h2`. Pure.
+//! Which ALPN protocol the server selects when it terminates mTLS
+//! (docs/connections.md#which-alpn-a-terminated-connection-gets). peerguard forwards the
+//! decrypted bytes and cannot translate between protocols, so it may only select what the app
+//! speaks: the port's declared protocol decides, and when nothing declares it HTTP/1.1 goes
+//! before h2, because an app that only speaks HTTP/1.1 answers h2's preface with an error,
+//! while an h2 app is reached by any client that offers only `h2`. Pure.
 
 use crate::policy::AppProtocol;
 

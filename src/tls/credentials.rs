@@ -21,7 +21,7 @@ pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 pub const KEY_FILE: &str = "key.pem";
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 
-/// RSA moduli below this are refused (PRODUCT.md §3).
+/// RSA moduli below this are refused (docs/operating.md#certificates).
 const MIN_RSA_BITS: usize = 2048;
 
 /// A workload's TLS identity, validated.

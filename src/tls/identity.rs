@@ -43,12 +43,7 @@ impl FromStr for SpiffeId {
             .strip_prefix("spiffe://")
             .ok_or_else(|| SpiffeIdError::Scheme(uri.to_owned()))?;
         let (trust_domain, path) = rest.split_once('/').unwrap_or((rest, ""));
-        // SPIFFE-ID spec §2.1: lowercase only, so that comparison is plain string equality.
-        let trust_domain_ok = !trust_domain.is_empty()
-            && trust_domain
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
-        if !trust_domain_ok {
+        if !is_trust_domain(trust_domain) {
             return Err(SpiffeIdError::TrustDomain(uri.to_owned()));
         }
         let mut segments = path.split('/');
@@ -70,6 +65,16 @@ impl FromStr for SpiffeId {
             service_account: service_account.to_owned(),
         })
     }
+}
+
+/// A trust domain name, SPIFFE-ID spec §2.1: non-empty, lowercase letters, digits, `.`, `-`,
+/// `_` (lowercase only, so that comparison is plain string equality). `cluster.local` is one;
+/// `spiffe://cluster.local` is not.
+pub fn is_trust_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// SPIFFE-ID spec §2.2: `[A-Za-z0-9._-]+`, and not a relative-path segment.
@@ -194,6 +199,22 @@ mod tests {
         ] {
             let err = text.parse::<SpiffeId>().unwrap_err();
             assert!(format!("{err:?}").starts_with(expected), "{text}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn trust_domains_are_names_not_uris() {
+        for name in ["cluster.local", "td", "mesh-1.example_org"] {
+            assert!(is_trust_domain(name), "{name}");
+        }
+        for not_a_name in [
+            "",
+            "spiffe://cluster.local",
+            "cluster.local/ns/a",
+            "Cluster.local",
+            "td:443",
+        ] {
+            assert!(!is_trust_domain(not_a_name), "{not_a_name}");
         }
     }
 

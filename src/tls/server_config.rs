@@ -1,6 +1,6 @@
-//! The rustls server side of mTLS termination (PRODUCT.md §2.4): configurations that require a
-//! mesh client certificate with a SPIFFE ID in our trust domain, the ALPN choice, and the map
-//! from a failed handshake to the connection's [`Reason`].
+//! The rustls server side of mTLS termination (docs/connections.md#termination): configurations
+//! that require a mesh client certificate with a SPIFFE ID in our trust domain, the ALPN
+//! choice, and the map from a failed handshake to the connection's [`Reason`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,4 +1,5 @@
-//! TLS session resumption that cannot outlive the client certificate (PRODUCT.md §2.4).
+//! TLS session resumption that cannot outlive the client certificate
+//! (docs/connections.md#session-resumption).
 //!
 //! rustls restores a resumed session's client certificate without verifying it again, and both
 //! TLS 1.2 session IDs (reusable) and TLS 1.3 tickets (each resumption issues the next) can keep
