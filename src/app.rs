@@ -100,7 +100,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (health_tcp, health) = bind(config.health)?;
     tokio::spawn(server::serve(
         health_tcp,
-        health::routes(readiness.clone()),
+        health::routes(readiness.clone(), Arc::new(config.app_probes.clone())),
         endpoints_stop.clone(),
     ));
     let (admin_tcp, admin) = bind(config.admin)?;

@@ -113,6 +113,13 @@ pub struct RunArgs {
     /// Health endpoint (readiness probe).
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub health: SocketAddr,
+    /// An app probe the health port answers, `PATH=http:PORT/PATH` or `PATH=tcp:PORT`, e.g.
+    /// `/app-health/app/livez=http:8080/healthz` (repeatable).
+    #[arg(long)]
+    pub app_probe: Vec<String>,
+    /// The app probes as Istio's injector writes them (JSON: path -> httpGet/tcpSocket).
+    #[arg(long, env = "ISTIO_KUBE_APP_PROBERS")]
+    pub kube_app_probers: Option<String>,
     /// Metrics endpoint for Prometheus (`/stats/prometheus` only); `none` turns it off.
     #[arg(long, default_value = "0.0.0.0:15090")]
     pub metrics: String,

@@ -510,3 +510,74 @@ async fn a_drain_cuts_what_its_deadline_leaves_open_and_logs_each_cut() {
     }
     assert_eq!(proxy.exit_status().await.code(), Some(0));
 }
+
+/// An app endpoint that answers every request `500`: an unhealthy app.
+async fn unhealthy_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_apps_probes_pass_through_the_health_port_while_its_strict_port_refuses_plaintext() {
+    let setup = Setup::new("ops-probes").await;
+    let app = support::http_app::HttpApp::start().await;
+    let sick = unhealthy_app().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let policy = setup.write_policy(&strict_port_policy(app.addr.port()));
+    let istio_json = format!(
+        r#"{{"/app-health/web/readyz": {{"httpGet": {{"path": "/ready", "port": {sick}, "scheme": "HTTP"}}}},
+            "/app-health/web/startupz": {{"tcpSocket": {{"port": {closed}}}}}}}"#,
+        sick = sick.port()
+    );
+    let listen = listen_to(app.addr);
+    let running = start(&[
+        "--cert-dir",
+        &setup.cert_dir,
+        "--listen",
+        &listen,
+        "--policy",
+        &policy.display().to_string(),
+        "--app-probe",
+        &format!("/app-health/web/livez=http:{}/healthz", app.addr.port()),
+        "--app-probe",
+        &format!("/app-health/other/livez=tcp:{}", app.addr.port()),
+        "--kube-app-probers",
+        &istio_json,
+    ])
+    .await;
+
+    // The kubelet's own plaintext probe to the STRICT port would be refused...
+    let mut direct = TcpStream::connect(running.explicit[0]).await.unwrap();
+    assert!(!echoes(&mut direct, b"GET /healthz HTTP/1.1\r\n\r\n").await);
+    // ...so it asks the health port, which probes the app from inside the pod.
+    let answered_before = app.answered();
+    let http = get(running.health, "/app-health/web/livez").await.unwrap();
+    assert_eq!((http.status, http.body.as_str()), (200, "ok\n"));
+    assert_eq!(app.answered(), answered_before + 1, "the app itself answered the probe");
+    let tcp = get(running.health, "/app-health/other/livez").await.unwrap();
+    assert_eq!(tcp.status, 200, "{}", tcp.body);
+
+    let failing_http = get(running.health, "/app-health/web/readyz").await.unwrap();
+    assert_eq!(failing_http.status, 503);
+    assert!(failing_http.body.contains("answered 500"), "{}", failing_http.body);
+    let failing_tcp = get(running.health, "/app-health/web/startupz").await.unwrap();
+    assert_eq!(failing_tcp.status, 503);
+    assert!(failing_tcp.body.contains("connecting to"), "{}", failing_tcp.body);
+    assert_eq!(
+        get(running.health, "/app-health/nobody/livez").await.unwrap().status,
+        404
+    );
+}

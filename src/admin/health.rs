@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use super::server::{not_found, text, Routes};
+use super::app_probe;
+use super::server::{not_found, text, Answer, Routes};
+use crate::config::AppProbes;
 use crate::store::Store;
 use crate::tls::identity::Rfc3339;
 
@@ -84,10 +86,22 @@ pub fn ready_response(readiness: &Readiness) -> Response<Full<Bytes>> {
     }
 }
 
-/// The health endpoint's routes (`--health`): only the readiness probe.
-pub fn routes(readiness: Arc<Readiness>) -> Routes {
+/// The health endpoint's routes (`--health`): the readiness probe, and the app's own probes
+/// as Istio rewrites them (`/app-health/<container>/<livez|readyz|startupz>`).
+pub fn routes(readiness: Arc<Readiness>, probes: Arc<AppProbes>) -> Routes {
     Arc::new(move |path| match path {
-        READY_PATH => ready_response(&readiness),
-        other => not_found(other),
+        READY_PATH => ready_response(&readiness).into(),
+        path => match probes.get(path) {
+            Some(probe) => {
+                let probe = probe.clone();
+                Answer::Later(Box::pin(async move {
+                    match app_probe::run(&probe).await {
+                        Ok(()) => text(StatusCode::OK, "ok\n".into()),
+                        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("app probe failed: {why}\n")),
+                    }
+                }))
+            }
+            None => not_found(path).into(),
+        },
     })
 }

@@ -2,10 +2,12 @@
 //! they share:
 //! - `server`: a small, bounded HTTP/1.1 server of synchronous routes.
 //! - `config_dump`: the `/config_dump` JSON document.
-//! - `health`: readiness, and the health endpoint's routes.
+//! - `health`: readiness, and the health endpoint's routes (the app's rewritten probes too).
+//! - `app_probe`: running one of those probes against the app.
 //!
 //! Routes: `/` (lists the others), `/config_dump`, `/stats/prometheus`, `/ready`.
 
+mod app_probe;
 pub mod config_dump;
 pub mod health;
 pub mod server;
@@ -45,8 +47,8 @@ const METRICS_PATH: &str = "/stats/prometheus";
 /// face the network while the admin endpoint stays on loopback.
 pub fn metrics_routes(metrics: Arc<Metrics>) -> Routes {
     Arc::new(move |path| match path {
-        METRICS_PATH => scrape(&metrics),
-        other => server::not_found(other),
+        METRICS_PATH => scrape(&metrics).into(),
+        other => server::not_found(other).into(),
     })
 }
 
@@ -60,11 +62,11 @@ fn scrape(metrics: &Metrics) -> hyper::Response<http_body_util::Full<bytes::Byte
 impl Admin {
     pub fn routes(self: Arc<Self>) -> Routes {
         Arc::new(move |path| match path {
-            "/config_dump" => self.config_dump(),
-            METRICS_PATH => scrape(&self.metrics),
-            "/ready" => health::ready_response(&self.readiness),
-            "/" => server::text(StatusCode::OK, INDEX.to_owned()),
-            other => server::not_found(other),
+            "/config_dump" => self.config_dump().into(),
+            METRICS_PATH => scrape(&self.metrics).into(),
+            "/ready" => health::ready_response(&self.readiness).into(),
+            "/" => server::text(StatusCode::OK, INDEX.to_owned()).into(),
+            other => server::not_found(other).into(),
         })
     }
 

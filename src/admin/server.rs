@@ -1,8 +1,10 @@
-//! A small HTTP/1.1 server for the admin and health endpoints: GET only, one request per
+//! A small HTTP/1.1 server for the admin, health and metrics endpoints: GET only, one request per
 //! connection, a bounded request head, no request body read, a bounded number of connections,
 //! and a deadline on each, so a slow or hostile client cannot hold the probe port hostage.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +30,21 @@ const MAX_CONNECTIONS: usize = 32;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Answers one GET request by its path. Routes are synchronous: every answer is computed from
-/// in-memory state.
-pub type Routes = Arc<dyn Fn(&str) -> Response<Full<Bytes>> + Send + Sync>;
+/// Answers one GET request by its path.
+pub type Routes = Arc<dyn Fn(&str) -> Answer + Send + Sync>;
+
+/// A route's answer: most are computed from in-memory state at once; an app probe has to ask
+/// the app first.
+pub enum Answer {
+    Now(Response<Full<Bytes>>),
+    Later(Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>),
+}
+
+impl From<Response<Full<Bytes>>> for Answer {
+    fn from(response: Response<Full<Bytes>>) -> Self {
+        Answer::Now(response)
+    }
+}
 
 /// Serves `routes` on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, routes: Routes, mut shutdown: watch::Receiver<bool>) {
@@ -55,8 +69,13 @@ pub async fn serve(listener: TcpListener, routes: Routes, mut shutdown: watch::R
         let routes = routes.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&routes, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let answer = answer(&routes, &request);
+                async move {
+                    Ok::<_, Infallible>(match answer {
+                        Answer::Now(response) => response,
+                        Answer::Later(response) => response.await,
+                    })
+                }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -73,9 +92,9 @@ pub async fn serve(listener: TcpListener, routes: Routes, mut shutdown: watch::R
     }
 }
 
-fn answer(routes: &Routes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(routes: &Routes, request: &Request<Incoming>) -> Answer {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n".into());
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n".into()).into();
     }
     routes(request.uri().path())
 }

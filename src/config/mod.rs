@@ -1,8 +1,11 @@
 //! The validated, immutable configuration of one `peerguard run` process.
 //! - `workload`: who the workload is, from the command line or the downward-API labels file.
+//! - `probes`: the app's kubelet probes that the health port answers for it.
 
+mod probes;
 mod workload;
 
+pub use probes::{AppProbe, AppProbes, ProbeCheck, ProbeError};
 pub use workload::{workload_from, WorkloadError};
 
 use std::net::{IpAddr, SocketAddr};
@@ -90,6 +93,8 @@ pub struct Config {
     pub health: SocketAddr,
     /// Where Prometheus scrapes; `None` when turned off.
     pub metrics: Option<SocketAddr>,
+    /// The app's kubelet probes, answered on the health port.
+    pub app_probes: AppProbes,
     pub log_format: LogFormat,
     pub limits: Limits,
     pub drain: DrainTimes,
@@ -132,6 +137,8 @@ pub enum ConfigError {
     NoConnections,
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    AppProbe(#[from] ProbeError),
     #[error(transparent)]
     AppProtocol(#[from] ConflictingOverride),
 }
@@ -186,6 +193,7 @@ impl Config {
             admin: args.admin,
             health: args.health,
             metrics,
+            app_probes: AppProbes::from_args(&args.app_probe, args.kube_app_probers.as_deref())?,
             log_format: args.log_format,
             limits: Limits {
                 max_client_hello: args.max_client_hello,
