@@ -41,18 +41,53 @@ enum CheckError {
     AppProtocol(#[from] ConflictingOverride),
 }
 
-/// Runs `peerguard check` and maps the outcome to an exit code.
+/// Runs `peerguard check` and maps the outcome to an exit code. With `--output json` an error
+/// is also printed to stdout as JSON, so a script reading stdout never mistakes it for an answer.
 pub fn run(args: &CheckArgs) -> ExitCode {
-    match report(args) {
+    let (result, workload) = match workload_from(&args.workload) {
+        Ok(workload) => (report(args, &workload), Some(workload)),
+        Err(error) => (Err(CheckError::Workload(error)), None),
+    };
+    match result {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("error: {error}");
+            if args.output == OutputFormat::Json {
+                println!("{:#}", error_json(&error, workload.as_ref()));
+            }
             ExitCode::from(2)
         }
     }
+}
+
+/// `{"error": {"message", and for a policy error "file", "document", "item", "object",
+/// "path"}, "workload": {...} | null}`: the workload is what the policy was resolved for, when
+/// the command line named a valid one.
+fn error_json(error: &CheckError, workload: Option<&Workload>) -> serde_json::Value {
+    let mut detail = serde_json::json!({"message": error.to_string()});
+    let at = match error {
+        CheckError::Policy(PolicyError::Invalid { at, path, .. }) => {
+            detail["path"] = path.as_str().into();
+            Some(at)
+        }
+        CheckError::Policy(PolicyError::Duplicate { at, .. }) => Some(at),
+        CheckError::Policy(PolicyError::Syntax { source_name, index, .. }) => {
+            detail["file"] = source_name.as_str().into();
+            detail["document"] = (*index).into();
+            None
+        }
+        _ => None,
+    };
+    if let Some(at) = at {
+        detail["file"] = at.source.as_str().into();
+        detail["document"] = at.index.into();
+        detail["item"] = at.item.into();
+        detail["object"] = at.identity.as_deref().into();
+    }
+    serde_json::json!({"error": detail, "workload": workload})
 }
 
 /// One line of the answer: a port (or all other ports) and what a described connection gets.
@@ -70,8 +105,7 @@ struct PortReport {
     negotiated_alpn: Option<String>,
 }
 
-fn report(args: &CheckArgs) -> Result<String, CheckError> {
-    let workload = workload_from(&args.workload)?;
+fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
     let (set, files) = match &args.policy {
         Some(path) => {
             let loaded = PolicySet::load(path)?;

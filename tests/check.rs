@@ -460,3 +460,66 @@ fn a_bad_app_protocol_flag_exits_2_with_what_is_expected() {
         "error: --app-protocol names port 8080 twice, as http1 and as http2\n"
     );
 }
+
+/// Runs check on an invalid policy file and returns its stderr, after checking the exit code.
+fn refused(file: &str) -> String {
+    let output = check(&["--policy", file, "--namespace", "foo", "--labels", "app=finance"]);
+    assert_eq!(output.status.code(), Some(2), "{file}");
+    assert!(output.stdout.is_empty());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_typo_in_a_policy_exits_2_naming_the_field_and_the_nearest_known_name() {
+    let cases = [
+        (
+            "invalid/mode-typo.yaml",
+            "(PeerAuthentication foo/default): spec.mtls.mdoe: unknown field; did you mean `mode`?",
+        ),
+        (
+            "invalid/selector-typo.yaml",
+            "(PeerAuthentication foo/finance): spec.selectr: unknown field; did you mean `selector`?",
+        ),
+        (
+            "invalid/port-level-typo.yaml",
+            "(PeerAuthentication foo/finance): spec.portLevelMTLS: unknown field; did you mean `portLevelMtls`?",
+        ),
+        (
+            "invalid/no-namespace.yaml",
+            "(PeerAuthentication): metadata.namespace: is required: a namespaced kind must say where it applies",
+        ),
+    ];
+    for (name, message) in cases {
+        let file = policy(name);
+        assert_eq!(refused(&file), format!("error: {file}: document 0 {message}\n"));
+    }
+}
+
+#[test]
+fn an_invalid_policy_is_reported_as_json_with_the_workload_when_json_is_asked_for() {
+    let file = policy("invalid/mode-typo.yaml");
+    let output = check(&[
+        "--policy",
+        &file,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(
+        report,
+        json!({
+            "error": {
+                "message": format!("{file}: document 0 (PeerAuthentication foo/default): spec.mtls.mdoe: unknown \
+                                    field; did you mean `mode`?"),
+                "file": file, "document": 0, "item": null, "object": "PeerAuthentication foo/default",
+                "path": "spec.mtls.mdoe",
+            },
+            "workload": {"namespace": "foo", "labels": {"app": "finance"}, "root_namespace": "istio-system"},
+        })
+    );
+}

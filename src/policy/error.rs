@@ -54,6 +54,11 @@ pub enum Problem {
     EmptyLabelKey,
     #[error("{value} contains `*`: wildcards are not supported in selectors")]
     WildcardInSelector { value: String },
+    /// `suggestion` is empty or `; did you mean `name`?`.
+    #[error("unknown field{suggestion}")]
+    UnknownField { field: String, suggestion: String },
+    #[error("is required: a namespaced kind must say where it applies")]
+    MissingNamespace,
     #[error("{value} is not an RFC 3339 time: {reason}")]
     BadTimestamp { value: String, reason: String },
 }

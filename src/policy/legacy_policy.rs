@@ -38,6 +38,16 @@ pub(crate) enum PortSelector {
 impl LegacyPolicy {
     pub fn parse(root: &Node, meta: Meta, warnings: &mut Vec<FieldWarning>) -> FieldResult<Self> {
         let spec = root.get("spec")?;
+        if let Some(spec) = &spec {
+            spec.known_fields(&[
+                "targets",
+                "peers",
+                "peerIsOptional",
+                "origins",
+                "originIsOptional",
+                "principalBinding",
+            ])?;
+        }
         let (targets, mode) = match &spec {
             Some(spec) => (parse_targets(spec, &meta.namespace)?, parse_peers(spec)?),
             None => (Vec::new(), MtlsMode::Disable),
@@ -76,6 +86,7 @@ fn parse_targets(spec: &Node, namespace: &str) -> FieldResult<Vec<Target>> {
         .items()?
         .iter()
         .map(|target| {
+            target.known_fields(&["name", "labels", "ports"])?;
             let name = target.require("name")?.text()?;
             let ports = match target.get("ports")? {
                 Some(ports) => ports
@@ -104,6 +115,7 @@ fn short_service_name(name: &str, namespace: &str) -> String {
 }
 
 fn parse_port_selector(node: &Node) -> FieldResult<PortSelector> {
+    node.known_fields(&["number", "name"])?;
     if let Some(number) = node.get("number")? {
         return Ok(PortSelector::Number(number.port()?));
     }
@@ -117,10 +129,16 @@ fn parse_peers(spec: &Node) -> FieldResult<MtlsMode> {
         return Ok(MtlsMode::Disable);
     };
     for peer in peers.items()? {
+        // `jwt` is not read (it never made a port accept mTLS), so its inside is not checked.
+        peer.known_fields(&["mtls", "jwt"])?;
         if !peer.has("mtls")? {
             continue;
         }
-        return match peer.get("mtls")?.map(|mtls| mtls.get("mode")).transpose()?.flatten() {
+        let mtls = peer.get("mtls")?;
+        if let Some(mtls) = &mtls {
+            mtls.known_fields(&["mode", "allowTls"])?;
+        }
+        return match mtls.map(|mtls| mtls.get("mode")).transpose()?.flatten() {
             Some(mode) => mode.one_of(
                 &[("STRICT", MtlsMode::Strict), ("PERMISSIVE", MtlsMode::Permissive)],
                 "STRICT, PERMISSIVE",
@@ -171,7 +189,7 @@ mod tests {
     fn a_legacy_mode_must_be_strict_or_permissive() {
         let (policy, _) = parse(
             Kind::MeshPolicy,
-            "metadata: {name: default}\nspec: {peers: [{mtls: {mode: DISABLE}}]}",
+            "metadata: {name: default, namespace: default}\nspec: {peers: [{mtls: {mode: DISABLE}}]}",
         );
         let error = policy.unwrap_err();
         assert_eq!(error.path, "spec.peers[0].mtls.mode");
@@ -210,11 +228,11 @@ mod tests {
     fn policies_istio_would_have_refused_are_warned_about() {
         let (_, warnings) = parse(Kind::Policy, "metadata: {name: strict-foo, namespace: foo}");
         assert_eq!(warnings[0].concern, Concern::UnnamedNamespacePolicy);
-        let (_, warnings) = parse(Kind::MeshPolicy, "metadata: {name: mesh}");
+        let (_, warnings) = parse(Kind::MeshPolicy, "metadata: {name: mesh, namespace: default}");
         assert_eq!(warnings[0].concern, Concern::MeshPolicyNotDefault);
         let (_, warnings) = parse(
             Kind::Policy,
-            "metadata: {name: httpbin}\nspec: {targets: [{name: httpbin}]}",
+            "metadata: {name: httpbin, namespace: default}\nspec: {targets: [{name: httpbin}]}",
         );
         assert!(warnings.is_empty());
     }
