@@ -116,12 +116,12 @@ fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
         }
         None => (PolicySet::empty(), Vec::new()),
     };
-    for warning in set.warnings_for(&workload) {
+    for warning in set.warnings_for(workload) {
         eprintln!("warning: {warning}");
     }
     let overrides = ProtocolOverrides::new(&args.app_protocol)?;
     let connection = described_connection(args);
-    let known = set.known_ports(&workload, &overrides);
+    let known = set.known_ports(workload, &overrides);
     let ports: Vec<Option<u16>> = match args.port {
         Some(0) => return Err(CheckError::PortZero),
         Some(port) => vec![Some(port)],
@@ -137,8 +137,8 @@ fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
                 source,
                 http_alpn,
                 ..
-            } = set.resolve(&workload, port.unwrap_or(other_port));
-            let protocol = set.protocol(&workload, port.unwrap_or(other_port), &overrides);
+            } = set.resolve(workload, port.unwrap_or(other_port));
+            let protocol = set.protocol(workload, port.unwrap_or(other_port), &overrides);
             let decision = connection.as_ref().map(|sniffed| decide(mode, sniffed, http_alpn));
             let negotiated_alpn = match (decision, &connection) {
                 (Some(decision), Some(Sniffed::Tls(hello))) if decision.action == Action::Terminate => {
@@ -164,7 +164,7 @@ fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
             json.push('\n');
             json
         }
-        OutputFormat::Text => text(&workload, &files, args, connection.as_ref(), &reports),
+        OutputFormat::Text => text(workload, &files, args, connection.as_ref(), &reports),
     })
 }
 
