@@ -6,6 +6,7 @@ use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::error::{Concern, DocumentRef, Problem};
 use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::{child_path, FieldError, FieldResult, Node};
@@ -16,6 +17,7 @@ use crate::policy::service::Service;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     PeerAuthentication,
+    AuthorizationPolicy,
     MeshPolicy,
     Policy,
     Service,
@@ -29,6 +31,9 @@ impl Kind {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
                 Some(Kind::PeerAuthentication)
             }
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
+                Some(Kind::AuthorizationPolicy)
+            }
             ("authentication.istio.io/v1alpha1", "MeshPolicy") => Some(Kind::MeshPolicy),
             ("authentication.istio.io/v1alpha1", "Policy") => Some(Kind::Policy),
             ("v1", "Service") => Some(Kind::Service),
@@ -39,6 +44,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::MeshPolicy => "MeshPolicy",
             Kind::Policy => "Policy",
             Kind::Service => "Service",
@@ -156,6 +162,7 @@ fn parse_timestamp(node: &Node) -> FieldResult<OffsetDateTime> {
 #[derive(Debug, Clone)]
 pub(crate) enum Document {
     PeerAuthentication(PeerAuthentication),
+    Authorization(AuthorizationPolicy),
     Legacy(LegacyPolicy),
     Service(Service),
 }
@@ -164,6 +171,7 @@ impl Document {
     pub fn meta(&self) -> &Meta {
         match self {
             Document::PeerAuthentication(policy) => &policy.meta,
+            Document::Authorization(policy) => &policy.meta,
             Document::Legacy(policy) => &policy.meta,
             Document::Service(service) => &service.meta,
         }

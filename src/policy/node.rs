@@ -100,7 +100,7 @@ impl<'a> Node<'a> {
     /// Refuses a key of this mapping that `known` does not list: a typo in a security policy
     /// must not be read as "not set" (PRODUCT.md §1.6). The error names the key's path and the
     /// nearest known name. `null` has no keys.
-    pub fn known_fields(&self, known: &'static [&'static str]) -> FieldResult<()> {
+    pub fn known_fields(&self, known: &[&'static str]) -> FieldResult<()> {
         for (key, node) in self.entries()? {
             if !known.contains(&key.as_str()) {
                 return Err(node.error(Problem::UnknownField {

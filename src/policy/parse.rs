@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::document::{Document, FieldWarning, Kind, Meta};
 use crate::policy::error::{DocumentRef, PolicyError, PolicyWarning};
 use crate::policy::legacy_policy::LegacyPolicy;
@@ -133,6 +134,7 @@ fn read_kind(kind: Kind, root: &Node, at: &mut DocumentRef, warnings: &mut Vec<F
     let meta = Meta::parse(kind, root, at)?;
     Ok(match kind {
         Kind::PeerAuthentication => Document::PeerAuthentication(PeerAuthentication::parse(root, meta, warnings)?),
+        Kind::AuthorizationPolicy => Document::Authorization(AuthorizationPolicy::parse(root, meta, warnings)?),
         Kind::MeshPolicy | Kind::Policy => Document::Legacy(LegacyPolicy::parse(root, meta, warnings)?),
         Kind::Service => Document::Service(Service::parse(root, meta, warnings)?),
     })
