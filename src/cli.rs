@@ -25,8 +25,8 @@ pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
     /// Show the effective mTLS mode and app protocol of a workload's ports, and what a described
-    /// connection gets.
-    Check(CheckArgs),
+    /// connection gets, and who may connect.
+    Check(Box<CheckArgs>),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
     /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
