@@ -166,15 +166,40 @@ impl Pattern {
     /// connection, and joining it would allocate.
     fn matches_parts(&self, parts: &[&str]) -> bool {
         let len: usize = parts.iter().map(|part| part.len()).sum();
-        let bytes = || parts.iter().flat_map(|part| part.bytes());
         match self {
             // Envoy's `.+`: present and non-empty.
             Pattern::Any => len > 0,
-            Pattern::Exact(exact) => len == exact.len() && bytes().eq(exact.bytes()),
-            Pattern::Prefix(prefix) => len >= prefix.len() && bytes().take(prefix.len()).eq(prefix.bytes()),
-            Pattern::Suffix(suffix) => len >= suffix.len() && bytes().skip(len - suffix.len()).eq(suffix.bytes()),
+            Pattern::Exact(exact) => len == exact.len() && starts_with(parts, exact.as_bytes()),
+            Pattern::Prefix(prefix) => starts_with(parts, prefix.as_bytes()),
+            Pattern::Suffix(suffix) => ends_with(parts, suffix.as_bytes()),
         }
     }
+}
+
+/// Whether the concatenation of `parts` starts with `prefix`, compared a slice at a time.
+fn starts_with(parts: &[&str], mut prefix: &[u8]) -> bool {
+    for part in parts {
+        let part = part.as_bytes();
+        let n = part.len().min(prefix.len());
+        if part[..n] != prefix[..n] {
+            return false;
+        }
+        prefix = &prefix[n..];
+    }
+    prefix.is_empty()
+}
+
+/// Whether the concatenation of `parts` ends with `suffix`.
+fn ends_with(parts: &[&str], mut suffix: &[u8]) -> bool {
+    for part in parts.iter().rev() {
+        let part = part.as_bytes();
+        let n = part.len().min(suffix.len());
+        if part[part.len() - n..] != suffix[suffix.len() - n..] {
+            return false;
+        }
+        suffix = &suffix[..suffix.len() - n];
+    }
+    suffix.is_empty()
 }
 
 /// What compiling a policy's values needs to know.
@@ -255,5 +280,29 @@ impl Context<'_> {
             }
             _ => value.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRINCIPAL: [&str; 5] = ["cluster.local", "/ns/", "foo", "/sa/", "sleep"];
+
+    #[test]
+    fn patterns_match_a_principal_across_its_parts() {
+        let matches = |value: &str| Pattern::new(value).matches_parts(&PRINCIPAL);
+        assert!(matches("cluster.local/ns/foo/sa/sleep"));
+        assert!(!matches("cluster.local/ns/foo/sa/slee"));
+        assert!(!matches("cluster.local/ns/foo/sa/sleepy"));
+        assert!(matches("cluster.local/ns/f*"));
+        assert!(matches("cluster.local/ns/foo/sa/sleep*"));
+        assert!(!matches("cluster.local/ns/bar/*"));
+        assert!(matches("*/ns/foo/sa/sleep"));
+        assert!(matches("*p"));
+        assert!(!matches("*/sa/admin"));
+        assert!(!matches("*x.cluster.local/ns/foo/sa/sleep"));
+        assert!(matches("*"));
+        assert!(!Pattern::Any.matches(""));
     }
 }
