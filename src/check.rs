@@ -11,6 +11,13 @@
 //! "action", "reason", "negotiated_alpn"}`; `action` and `reason` are null unless a connection
 //! is described, `negotiated_alpn` unless a described TLS connection is terminated and an ALPN
 //! is selected (`tls::alpn::select`, as the proxy does).
+//!
+//! Who may connect (docs/authorization.md): with `--principal spiffe://...` or
+//! `--plaintext` (and `--source-ip`, `--destination-ip`, `--sni`), each row also gets
+//! `"authorization": {"verdict", "policy", "rule", "reason", "dry_run": [{"policy", "rule",
+//! "verdict"}]}` from the same `Authorizer::verdict` the proxy will use. It is left out when no
+//! peer is described, and for `--plaintext` alone when no AuthorizationPolicy is loaded, so
+//! the answers above are unchanged.
 //! Exit code 0 on success, 2 on an invalid policy or workload (warnings go to stderr).
 
 use std::fmt::Write as _;
@@ -23,8 +30,9 @@ use crate::config::{workload_from, WorkloadError};
 use crate::inbound::classify::Sniffed;
 use crate::inbound::decide::{decide, Decision};
 use crate::outcome::{Action, Reason};
+use crate::policy::authorization::{ConnectionFacts, Verdict};
 use crate::policy::{
-    AppProtocol, ConflictingOverride, Loaded, MtlsMode, PolicyError, PolicyLevel, PolicySource, PortPolicy,
+    AppProtocol, ConflictingOverride, Loaded, MtlsMode, PolicyError, PolicyLevel, PolicySet, PolicySource, PortPolicy,
     PortProtocol, ProtocolOverrides, ResolvedPort, Workload,
 };
 use crate::tls::alpn;
@@ -42,18 +50,53 @@ enum CheckError {
     AppProtocol(#[from] ConflictingOverride),
 }
 
-/// Runs `peerguard check` and maps the outcome to an exit code.
+/// Runs `peerguard check` and maps the outcome to an exit code. With `--output json` an error
+/// is also printed to stdout as JSON, so a script reading stdout never mistakes it for an answer.
 pub fn run(args: &CheckArgs) -> ExitCode {
-    match report(args) {
+    let (result, workload) = match workload_from(&args.workload) {
+        Ok(workload) => (report(args, &workload), Some(workload)),
+        Err(error) => (Err(CheckError::Workload(error)), None),
+    };
+    match result {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("error: {error}");
+            if args.output == OutputFormat::Json {
+                println!("{:#}", error_json(&error, workload.as_ref()));
+            }
             ExitCode::from(2)
         }
     }
+}
+
+/// `{"error": {"message", and for a policy error "file", "document", "item", "object",
+/// "path"}, "workload": {...} | null}`: the workload is what the policy was resolved for, when
+/// the command line named a valid one.
+fn error_json(error: &CheckError, workload: Option<&Workload>) -> serde_json::Value {
+    let mut detail = serde_json::json!({"message": error.to_string()});
+    let at = match error {
+        CheckError::Policy(PolicyError::Invalid { at, path, .. }) => {
+            detail["path"] = path.as_str().into();
+            Some(at)
+        }
+        CheckError::Policy(PolicyError::Duplicate { at, .. }) => Some(at),
+        CheckError::Policy(PolicyError::Syntax { source_name, index, .. }) => {
+            detail["file"] = source_name.as_str().into();
+            detail["document"] = (*index).into();
+            None
+        }
+        _ => None,
+    };
+    if let Some(at) = at {
+        detail["file"] = at.source.as_str().into();
+        detail["document"] = at.index.into();
+        detail["item"] = at.item.into();
+        detail["object"] = at.identity.as_deref().into();
+    }
+    serde_json::json!({"error": detail, "workload": workload})
 }
 
 /// One line of the answer: a port (or all other ports) and what a described connection gets.
@@ -69,17 +112,69 @@ struct PortReport {
     reason: Option<Reason>,
     /// The ALPN the server selects for a described TLS connection it terminates.
     negotiated_alpn: Option<String>,
+    /// Only when a peer is described (`--principal` or `--plaintext`) and authorization is in
+    /// play (an AuthorizationPolicy is loaded, or an authorization flag is given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization: Option<AuthorizationReport>,
 }
 
-fn report(args: &CheckArgs) -> Result<String, CheckError> {
-    let workload = workload_from(&args.workload)?;
+/// docs/authorization.md, `check`: `{"verdict", "policy", "rule", "reason", "dry_run": [{"policy",
+/// "verdict"}]}`; `policy` and `rule` are null when no policy decided.
+#[derive(Debug, Serialize)]
+struct AuthorizationReport {
+    verdict: &'static str,
+    policy: Option<String>,
+    rule: Option<usize>,
+    reason: &'static str,
+    dry_run: Vec<DryRunReport>,
+}
+
+/// One dry-run engine's would-be verdict; `policy` is the dry-run policy whose rule matched.
+#[derive(Debug, Serialize)]
+struct DryRunReport {
+    policy: Option<String>,
+    rule: Option<usize>,
+    verdict: &'static str,
+}
+
+impl AuthorizationReport {
+    fn of(verdict: &Verdict) -> Self {
+        let word = |allowed: bool| if allowed { "allow" } else { "deny" };
+        AuthorizationReport {
+            verdict: word(verdict.allowed),
+            policy: verdict.decider.as_ref().map(|d| d.policy.to_string()),
+            rule: verdict.decider.as_ref().map(|d| d.rule),
+            reason: verdict.reason.as_str(),
+            dry_run: verdict
+                .dry_run()
+                .map(|shadow| DryRunReport {
+                    policy: shadow.decider.as_ref().map(|d| d.policy.to_string()),
+                    rule: shadow.decider.as_ref().map(|d| d.rule),
+                    verdict: word(shadow.allowed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Whether `check` answers who may connect: a peer is described, and either policies or flags
+/// make authorization part of the question (so outputs without it stay as they were).
+fn authorizing(args: &CheckArgs, set: &PolicySet) -> bool {
+    let peer_described = args.principal.is_some() || args.plaintext;
+    let flags =
+        args.principal.is_some() || args.source_ip.is_some() || args.destination_ip.is_some() || args.sni.is_some();
+    peer_described && (flags || set.has_authorization_policies())
+}
+
+fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
     let loaded = Loaded::from_path(args.policy.as_deref())?;
-    for warning in loaded.warnings_for(&workload) {
+    for warning in loaded.warnings_for(workload) {
         eprintln!("warning: {warning}");
     }
     let overrides = ProtocolOverrides::new(&args.app_protocol)?;
     let connection = described_connection(args);
-    let resolved = loaded.set.resolve_ports(&workload, &overrides);
+    let resolved = loaded.set.resolve_ports(workload, &overrides);
+    let authorizer = authorizing(args, &loaded.set).then(|| loaded.set.authorizer(workload, &args.trust_domain));
     let ports: Vec<Option<u16>> = match args.port {
         Some(0) => return Err(CheckError::PortZero),
         Some(port) => vec![Some(port)],
@@ -111,6 +206,15 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
                 }
                 _ => None,
             };
+            let authorization = authorizer.as_ref().map(|authorizer| {
+                AuthorizationReport::of(&authorizer.verdict(&ConnectionFacts {
+                    peer: args.principal.as_ref(),
+                    source_ip: args.source_ip,
+                    destination_ip: args.destination_ip,
+                    port: port.unwrap_or(resolved.unnamed_port),
+                    sni: args.sni.as_deref(),
+                }))
+            });
             PortReport {
                 port,
                 mode,
@@ -120,6 +224,7 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
                 action: decision.map(|d| d.action),
                 reason: decision.map(|d| d.reason),
                 negotiated_alpn,
+                authorization,
             }
         })
         .collect();
@@ -129,7 +234,7 @@ fn report(args: &CheckArgs) -> Result<String, CheckError> {
             json.push('\n');
             json
         }
-        OutputFormat::Text => text(&workload, &loaded.files, args, connection.as_ref(), &reports),
+        OutputFormat::Text => text(workload, &loaded.files, args, connection.as_ref(), &reports),
     })
 }
 
@@ -176,6 +281,9 @@ fn text(
     if connection.is_some() {
         let _ = writeln!(out, "connection: {}", connection_in_words(args));
     }
+    if reports.iter().any(|report| report.authorization.is_some()) {
+        let _ = writeln!(out, "peer:       {}", peer_in_words(args));
+    }
     for report in reports {
         let port = report
             .port
@@ -205,8 +313,46 @@ fn text(
                 let _ = writeln!(out, "  alpn:       {selected}");
             }
         }
+        if let Some(authorization) = &report.authorization {
+            let _ = writeln!(out, "  authorized: {}", authorization_in_words(authorization));
+            for shadow in &authorization.dry_run {
+                let by = match (&shadow.policy, shadow.rule) {
+                    (Some(policy), Some(rule)) => format!("AuthorizationPolicy {policy} rule {rule}"),
+                    _ => "no dry-run rule matched".to_string(),
+                };
+                let _ = writeln!(out, "  dry run:    would {} ({by}), not enforced", shadow.verdict);
+            }
+        }
     }
     out
+}
+
+fn peer_in_words(args: &CheckArgs) -> String {
+    let mut words = match &args.principal {
+        Some(principal) => format!("mTLS, {principal}"),
+        None => "no identity (plaintext or passed-through TLS)".to_string(),
+    };
+    for (name, value) in [
+        ("source ip", args.source_ip.map(|ip| ip.to_string())),
+        ("destination ip", args.destination_ip.map(|ip| ip.to_string())),
+        ("sni", args.sni.clone()),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(words, ", {name} {value}");
+        }
+    }
+    words
+}
+
+/// `allow: ...` / `deny: ...` with the deciding policy and rule, or why none decided.
+fn authorization_in_words(report: &AuthorizationReport) -> String {
+    let why = match (&report.policy, report.rule, report.reason) {
+        (Some(policy), Some(rule), _) => format!("AuthorizationPolicy {policy} rule {rule}"),
+        (_, _, "no_allow_policy") => "no ALLOW policy applies, and no DENY matched".to_string(),
+        (_, _, "no_allow_matched") => "ALLOW policies apply and none of their rules matched".to_string(),
+        (_, _, reason) => reason.to_string(),
+    };
+    format!("{} ({}): {why}", report.verdict, report.reason)
 }
 
 fn connection_in_words(args: &CheckArgs) -> String {

@@ -1,12 +1,13 @@
 //! Command-line types (clap derive only; no behaviour lives here).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::AppProtocol;
+use crate::tls::identity::SpiffeId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,8 +25,8 @@ pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
     /// Show the effective mTLS mode and app protocol of a workload's ports, and what a described
-    /// connection gets.
-    Check(CheckArgs),
+    /// connection gets, and who may connect.
+    Check(Box<CheckArgs>),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
     /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
@@ -180,6 +181,22 @@ pub struct CheckArgs {
     /// The ALPN list the described TLS client offers, in its order.
     #[arg(long, value_delimiter = ',', requires = "tls")]
     pub alpn: Vec<String>,
+    /// Authorize an mTLS peer with this SPIFFE ID (AuthorizationPolicy); `--plaintext` describes
+    /// a peer without identity.
+    #[arg(long, value_name = "SPIFFE_ID", conflicts_with = "plaintext")]
+    pub principal: Option<SpiffeId>,
+    /// The described client's address (ipBlocks, remoteIpBlocks, source.ip).
+    #[arg(long, value_name = "IP")]
+    pub source_ip: Option<IpAddr>,
+    /// The address the client dialled (destination.ip).
+    #[arg(long, value_name = "IP")]
+    pub destination_ip: Option<IpAddr>,
+    /// The SNI the described client sends (connection.sni).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// The mesh's trust domain: principals written in `cluster.local` are read in it.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
 }

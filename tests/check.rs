@@ -460,3 +460,169 @@ fn a_bad_app_protocol_flag_exits_2_with_what_is_expected() {
         "error: --app-protocol names port 8080 twice, as http1 and as http2\n"
     );
 }
+
+/// Runs check on an invalid policy file and returns its stderr, after checking the exit code.
+fn refused(file: &str) -> String {
+    let output = check(&["--policy", file, "--namespace", "foo", "--labels", "app=finance"]);
+    assert_eq!(output.status.code(), Some(2), "{file}");
+    assert!(output.stdout.is_empty());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_typo_in_a_policy_exits_2_naming_the_field_and_the_nearest_known_name() {
+    let cases = [
+        (
+            "invalid/mode-typo.yaml",
+            "(PeerAuthentication foo/default): spec.mtls.mdoe: unknown field; did you mean `mode`?",
+        ),
+        (
+            "invalid/selector-typo.yaml",
+            "(PeerAuthentication foo/finance): spec.selectr: unknown field; did you mean `selector`?",
+        ),
+        (
+            "invalid/port-level-typo.yaml",
+            "(PeerAuthentication foo/finance): spec.portLevelMTLS: unknown field; did you mean `portLevelMtls`?",
+        ),
+        (
+            "invalid/no-namespace.yaml",
+            "(PeerAuthentication): metadata.namespace: is required: a namespaced kind must say where it applies",
+        ),
+    ];
+    for (name, message) in cases {
+        let file = policy(name);
+        assert_eq!(refused(&file), format!("error: {file}: document 0 {message}\n"));
+    }
+}
+
+#[test]
+fn an_invalid_policy_is_reported_as_json_with_the_workload_when_json_is_asked_for() {
+    let file = policy("invalid/mode-typo.yaml");
+    let output = check(&[
+        "--policy",
+        &file,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=finance",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(
+        report,
+        json!({
+            "error": {
+                "message": format!("{file}: document 0 (PeerAuthentication foo/default): spec.mtls.mdoe: unknown \
+                                    field; did you mean `mode`?"),
+                "file": file, "document": 0, "item": null, "object": "PeerAuthentication foo/default",
+                "path": "spec.mtls.mdoe",
+            },
+            "workload": {"namespace": "foo", "labels": {"app": "finance"}, "root_namespace": "istio-system"},
+        })
+    );
+}
+
+fn authorization_of(extra: &[&str]) -> Value {
+    let file = policy("authorization.yaml");
+    let args: Vec<&str> = ["--policy", &file, "--namespace", "foo", "--labels", "app=web"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let rows = json_rows(&args);
+    rows[0]["authorization"].clone()
+}
+
+#[test]
+fn check_says_which_policy_and_rule_let_a_mesh_peer_in_and_what_dry_run_would_do() {
+    assert_eq!(
+        authorization_of(&[
+            "--port",
+            "8080",
+            "--principal",
+            "spiffe://cluster.local/ns/foo/sa/sleep"
+        ]),
+        json!({"verdict": "allow", "policy": "foo/web", "rule": 0, "reason": "allowed_by_policy",
+               "dry_run": [{"policy": "foo/try-deny-sleep", "rule": 0, "verdict": "deny"}]})
+    );
+}
+
+#[test]
+fn check_denies_a_peer_no_allow_rule_admits_with_no_deciding_policy() {
+    assert_eq!(
+        authorization_of(&["--port", "9090", "--principal", "spiffe://cluster.local/ns/foo/sa/web"]),
+        json!({"verdict": "deny", "policy": null, "rule": null, "reason": "no_allow_matched",
+               "dry_run": [{"policy": null, "rule": null, "verdict": "allow"}]})
+    );
+}
+
+#[test]
+fn check_names_a_root_namespace_deny() {
+    assert_eq!(
+        authorization_of(&[
+            "--port",
+            "8080",
+            "--principal",
+            "spiffe://cluster.local/ns/legacy/sa/app"
+        ])["policy"],
+        "istio-system/deny-legacy"
+    );
+}
+
+#[test]
+fn check_admits_plaintext_from_an_allowed_block_by_its_source_ip() {
+    let admitted = authorization_of(&["--port", "9090", "--plaintext", "--source-ip", "10.1.2.3"]);
+    assert_eq!(
+        (admitted["verdict"].clone(), admitted["rule"].clone()),
+        (json!("allow"), json!(1))
+    );
+    let refused = authorization_of(&["--port", "9090", "--plaintext", "--source-ip", "192.0.2.1"]);
+    assert_eq!(refused["verdict"], "deny");
+}
+
+#[test]
+fn check_explains_authorization_in_text() {
+    let file = policy("authorization.yaml");
+    let text = stdout(&check(&[
+        "--policy",
+        &file,
+        "--namespace",
+        "foo",
+        "--labels",
+        "app=web",
+        "--port",
+        "8080",
+        "--principal",
+        "spiffe://cluster.local/ns/foo/sa/sleep",
+        "--sni",
+        "web.foo.svc.cluster.local",
+    ]));
+    assert_eq!(
+        text,
+        format!(
+            "workload:   namespace foo, labels app=web, root namespace istio-system\n\
+             policy:     {file}\n\
+             peer:       mTLS, spiffe://cluster.local/ns/foo/sa/sleep, sni web.foo.svc.cluster.local\n\
+             \n\
+             port 8080: PERMISSIVE\n  \
+               set by:     no policy (PERMISSIVE is the default)\n  \
+               http alpn:  off\n  \
+               protocol:   unknown: no Service or --app-protocol declares it\n  \
+               authorized: allow (allowed_by_policy): AuthorizationPolicy foo/web rule 0\n  \
+               dry run:    would deny (AuthorizationPolicy foo/try-deny-sleep rule 0), not enforced\n"
+        )
+    );
+}
+
+#[test]
+fn an_invalid_authorization_policy_exits_2_naming_the_field() {
+    let file = policy("invalid/authorization-bad-cidr.yaml");
+    assert_eq!(
+        refused(&file),
+        format!(
+            "error: {file}: document 0 (AuthorizationPolicy foo/web): spec.rules[0].from[0].source.ipBlocks[0]: \
+             \"10.0.0.0/40\" is not an IP address or CIDR block: prefix length out of range\n"
+        )
+    );
+}

@@ -6,9 +6,10 @@ use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::error::{Concern, DocumentRef, Problem};
 use crate::policy::legacy_policy::LegacyPolicy;
-use crate::policy::node::{FieldResult, Node};
+use crate::policy::node::{child_path, FieldError, FieldResult, Node};
 use crate::policy::peer_authentication::PeerAuthentication;
 use crate::policy::service::Service;
 
@@ -16,6 +17,7 @@ use crate::policy::service::Service;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     PeerAuthentication,
+    AuthorizationPolicy,
     MeshPolicy,
     Policy,
     Service,
@@ -29,6 +31,9 @@ impl Kind {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
                 Some(Kind::PeerAuthentication)
             }
+            ("security.istio.io/v1" | "security.istio.io/v1beta1", "AuthorizationPolicy") => {
+                Some(Kind::AuthorizationPolicy)
+            }
             ("authentication.istio.io/v1alpha1", "MeshPolicy") => Some(Kind::MeshPolicy),
             ("authentication.istio.io/v1alpha1", "Policy") => Some(Kind::Policy),
             ("v1", "Service") => Some(Kind::Service),
@@ -39,6 +44,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::MeshPolicy => "MeshPolicy",
             Kind::Policy => "Policy",
             Kind::Service => "Service",
@@ -46,11 +52,38 @@ impl Kind {
     }
 }
 
+/// The top level of every understood kind; `status` is written by the cluster and ignored.
+pub(crate) const OBJECT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+
+/// Every field of Kubernetes' ObjectMeta (`clusterName` as older servers print it), so that
+/// `kubectl get -o yaml` output loads as is.
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "clusterName",
+];
+
+/// Istio's WorkloadSelector.
+pub(crate) const SELECTOR_FIELDS: &[&str] = &["matchLabels"];
+
 /// A document's identity and the metadata resolution needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub kind: Kind,
-    /// `default` when absent; empty for the cluster-scoped MeshPolicy.
+    /// Required; empty for the cluster-scoped MeshPolicy.
     pub namespace: String,
     pub name: String,
     /// `None` (absent) counts as oldest, as in Istio.
@@ -62,12 +95,21 @@ impl Meta {
     /// Reads `metadata` and records the identity in `origin` so later errors name it.
     pub fn parse(kind: Kind, root: &Node, origin: &mut DocumentRef) -> FieldResult<Meta> {
         origin.identity = Some(kind.as_str().to_string());
+        root.known_fields(OBJECT_FIELDS)?;
         let metadata = root.require("metadata")?;
+        metadata.known_fields(OBJECT_META_FIELDS)?;
         let name = metadata.require("name")?.text()?.to_string();
+        // A document without a namespace is not "default": reading it so would silently move
+        // a hand-written policy (docs/policy.md#validation).
         let namespace = match (kind, metadata.get("namespace")?) {
             (Kind::MeshPolicy, _) => String::new(),
             (_, Some(namespace)) => namespace.text()?.to_string(),
-            (_, None) => "default".to_string(),
+            (_, None) => {
+                return Err(FieldError {
+                    path: child_path(&metadata.path, "namespace"),
+                    problem: Problem::MissingNamespace,
+                })
+            }
         };
         let mut meta = Meta {
             kind,
@@ -120,6 +162,7 @@ fn parse_timestamp(node: &Node) -> FieldResult<OffsetDateTime> {
 #[derive(Debug, Clone)]
 pub(crate) enum Document {
     PeerAuthentication(PeerAuthentication),
+    Authorization(AuthorizationPolicy),
     Legacy(LegacyPolicy),
     Service(Service),
 }
@@ -128,6 +171,7 @@ impl Document {
     pub fn meta(&self) -> &Meta {
         match self {
             Document::PeerAuthentication(policy) => &policy.meta,
+            Document::Authorization(policy) => &policy.meta,
             Document::Legacy(policy) => &policy.meta,
             Document::Service(service) => &service.meta,
         }

@@ -54,6 +54,46 @@ pub enum Problem {
     EmptyLabelKey,
     #[error("{value} contains `*`: wildcards are not supported in selectors")]
     WildcardInSelector { value: String },
+    /// `suggestion` is empty or `; did you mean `name`?`.
+    #[error("unknown field{suggestion}")]
+    UnknownField { field: String, suggestion: String },
+    #[error("is required: a namespaced kind must say where it applies")]
+    MissingNamespace,
+    #[error("must not be empty")]
+    EmptyList,
+    #[error("must not be empty: name at least one field")]
+    EmptyEntry,
+    #[error("empty value not allowed")]
+    EmptyValue,
+    #[error("{value:?} is not an IP address or CIDR block: {reason}")]
+    BadCidr { value: String, reason: &'static str },
+    #[error("{value} is not a port number (0..65535)")]
+    BadAuthorizationPort { value: String },
+    #[error("{value:?} is not a service account: {reason}")]
+    BadServiceAccount { value: String, reason: &'static str },
+    #[error("{value:?}: a trust domain must not contain `/`")]
+    BadTrustDomain { value: String },
+    #[error("{value:?}: at most one `*`, at the start or the end")]
+    BadWildcard { value: String },
+    #[error("cannot set serviceAccounts with namespaces or principals")]
+    ServiceAccountsWithIdentity,
+    #[error("{key:?} is not a supported `when` key: {why}")]
+    UnsupportedWhenKey { key: String, why: &'static str },
+    #[error("at least one of `values` or `notValues` must be set")]
+    NeedsValues,
+    #[error("{field} is not supported with the CUSTOM action")]
+    NotWithCustom { field: String },
+    #[error("a provider is only allowed with the CUSTOM action, not {action}")]
+    ProviderWithoutCustom { action: &'static str },
+    #[error(
+        "{action} without rules is meaningless as it is never triggered; add an empty rule `{{}}` to trigger it \
+         for every connection"
+    )]
+    RulesRequired { action: &'static str },
+    #[error("only one of selector and targetRef(s) can be set")]
+    SelectorWithTargetRef,
+    #[error("the dry-run annotation is only supported on ALLOW and DENY policies, not {action}")]
+    DryRunOnAction { action: &'static str },
     #[error("{value} is not an RFC 3339 time: {reason}")]
     BadTimestamp { value: String, reason: String },
 }
@@ -119,6 +159,21 @@ pub enum Concern {
     UnnamedNamespacePolicy,
     #[error("only the MeshPolicy named `default` is used; this one is ignored")]
     MeshPolicyNotDefault,
+    #[error(
+        "a Policy named `default` should have no targets (Istio's validation refused one with targets); used as a \
+         Service policy"
+    )]
+    DefaultPolicyWithTargets,
+    #[error("{name:?} is not a DNS-1123 label (Istio 1.1 refused FQDNs here); read as Service {service:?}")]
+    TargetNotDns1123Label { name: String, service: String },
+    #[error("targetRef(s) name a gateway or waypoint, which a sidecar is not; the policy is ignored")]
+    TargetRefIgnored,
+    #[error("peerguard has no extension providers, so this CUSTOM policy's rules act as DENY rules")]
+    CustomActsAsDeny,
+    #[error("HTTP-only: in an ALLOW policy the whole rule is dropped for TCP connections")]
+    HttpOnlyRuleDropped,
+    #[error("HTTP-only: ignored for TCP connections (an entry left empty matches anything)")]
+    HttpOnlyFieldIgnored,
     #[error(
         "the named targetPort {name:?} cannot be mapped to a workload port without the pod spec; \
          policies on this Service port are ignored"

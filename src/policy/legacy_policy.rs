@@ -2,7 +2,7 @@
 
 use crate::policy::document::{FieldWarning, Kind, Meta};
 use crate::policy::error::Concern;
-use crate::policy::node::{FieldResult, Node};
+use crate::policy::node::{child_path, FieldResult, Node};
 use crate::policy::MtlsMode;
 
 /// The only name Istio used for mesh- and namespace-wide legacy policies.
@@ -38,8 +38,18 @@ pub(crate) enum PortSelector {
 impl LegacyPolicy {
     pub fn parse(root: &Node, meta: Meta, warnings: &mut Vec<FieldWarning>) -> FieldResult<Self> {
         let spec = root.get("spec")?;
+        if let Some(spec) = &spec {
+            spec.known_fields(&[
+                "targets",
+                "peers",
+                "peerIsOptional",
+                "origins",
+                "originIsOptional",
+                "principalBinding",
+            ])?;
+        }
         let (targets, mode) = match &spec {
-            Some(spec) => (parse_targets(spec, &meta.namespace)?, parse_peers(spec)?),
+            Some(spec) => (parse_targets(spec, &meta.namespace, warnings)?, parse_peers(spec)?),
             None => (Vec::new(), MtlsMode::Disable),
         };
         let misnamed = meta.name != DEFAULT_POLICY_NAME;
@@ -51,6 +61,10 @@ impl LegacyPolicy {
             Kind::Policy if misnamed && targets.is_empty() => warnings.push(FieldWarning {
                 path: "metadata.name".into(),
                 concern: Concern::UnnamedNamespacePolicy,
+            }),
+            Kind::Policy if !misnamed && !targets.is_empty() => warnings.push(FieldWarning {
+                path: "spec.targets".into(),
+                concern: Concern::DefaultPolicyWithTargets,
             }),
             _ => {}
         }
@@ -68,7 +82,7 @@ impl LegacyPolicy {
     }
 }
 
-fn parse_targets(spec: &Node, namespace: &str) -> FieldResult<Vec<Target>> {
+fn parse_targets(spec: &Node, namespace: &str, warnings: &mut Vec<FieldWarning>) -> FieldResult<Vec<Target>> {
     let Some(targets) = spec.get("targets")? else {
         return Ok(Vec::new());
     };
@@ -76,6 +90,7 @@ fn parse_targets(spec: &Node, namespace: &str) -> FieldResult<Vec<Target>> {
         .items()?
         .iter()
         .map(|target| {
+            target.known_fields(&["name", "labels", "ports"])?;
             let name = target.require("name")?.text()?;
             let ports = match target.get("ports")? {
                 Some(ports) => ports
@@ -85,10 +100,18 @@ fn parse_targets(spec: &Node, namespace: &str) -> FieldResult<Vec<Target>> {
                     .collect::<FieldResult<_>>()?,
                 None => Vec::new(),
             };
-            Ok(Target {
-                service: short_service_name(name, namespace),
-                ports,
-            })
+            let service = short_service_name(name, namespace);
+            // Istio 1.1 validated a target name as a DNS-1123 label; peerguard reads FQDNs.
+            if !is_dns1123_label(name) {
+                warnings.push(FieldWarning {
+                    path: child_path(&target.path, "name"),
+                    concern: Concern::TargetNotDns1123Label {
+                        name: name.to_string(),
+                        service: service.clone(),
+                    },
+                });
+            }
+            Ok(Target { service, ports })
         })
         .collect()
 }
@@ -103,7 +126,18 @@ fn short_service_name(name: &str, namespace: &str) -> String {
     }
 }
 
+/// Lowercase letters, digits and `-`, starting and ending with a letter or digit, 63 at most.
+fn is_dns1123_label(name: &str) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(|&b| alphanumeric(b) || b == b'-')
+        && alphanumeric(bytes[0])
+        && alphanumeric(bytes[bytes.len() - 1])
+}
+
 fn parse_port_selector(node: &Node) -> FieldResult<PortSelector> {
+    node.known_fields(&["number", "name"])?;
     if let Some(number) = node.get("number")? {
         return Ok(PortSelector::Number(number.port()?));
     }
@@ -117,10 +151,16 @@ fn parse_peers(spec: &Node) -> FieldResult<MtlsMode> {
         return Ok(MtlsMode::Disable);
     };
     for peer in peers.items()? {
+        // `jwt` is not read (it never made a port accept mTLS), so its inside is not checked.
+        peer.known_fields(&["mtls", "jwt"])?;
         if !peer.has("mtls")? {
             continue;
         }
-        return match peer.get("mtls")?.map(|mtls| mtls.get("mode")).transpose()?.flatten() {
+        let mtls = peer.get("mtls")?;
+        if let Some(mtls) = &mtls {
+            mtls.known_fields(&["mode", "allowTls"])?;
+        }
+        return match mtls.map(|mtls| mtls.get("mode")).transpose()?.flatten() {
             Some(mode) => mode.one_of(
                 &[("STRICT", MtlsMode::Strict), ("PERMISSIVE", MtlsMode::Permissive)],
                 "STRICT, PERMISSIVE",
@@ -171,7 +211,7 @@ mod tests {
     fn a_legacy_mode_must_be_strict_or_permissive() {
         let (policy, _) = parse(
             Kind::MeshPolicy,
-            "metadata: {name: default}\nspec: {peers: [{mtls: {mode: DISABLE}}]}",
+            "metadata: {name: default, namespace: default}\nspec: {peers: [{mtls: {mode: DISABLE}}]}",
         );
         let error = policy.unwrap_err();
         assert_eq!(error.path, "spec.peers[0].mtls.mode");
@@ -210,12 +250,48 @@ mod tests {
     fn policies_istio_would_have_refused_are_warned_about() {
         let (_, warnings) = parse(Kind::Policy, "metadata: {name: strict-foo, namespace: foo}");
         assert_eq!(warnings[0].concern, Concern::UnnamedNamespacePolicy);
-        let (_, warnings) = parse(Kind::MeshPolicy, "metadata: {name: mesh}");
+        let (_, warnings) = parse(Kind::MeshPolicy, "metadata: {name: mesh, namespace: default}");
         assert_eq!(warnings[0].concern, Concern::MeshPolicyNotDefault);
         let (_, warnings) = parse(
             Kind::Policy,
-            "metadata: {name: httpbin}\nspec: {targets: [{name: httpbin}]}",
+            "metadata: {name: httpbin, namespace: default}\nspec: {targets: [{name: httpbin}]}",
         );
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn a_default_policy_with_targets_and_a_target_that_is_not_a_dns_label_are_warned_about() {
+        let (_, warnings) = parse(
+            Kind::Policy,
+            "metadata: {name: default, namespace: bar}
+spec: {targets: [{name: httpbin.bar.svc.cluster.local}]}",
+        );
+        assert_eq!(
+            warnings,
+            [
+                FieldWarning {
+                    path: "spec.targets[0].name".into(),
+                    concern: Concern::TargetNotDns1123Label {
+                        name: "httpbin.bar.svc.cluster.local".into(),
+                        service: "httpbin".into()
+                    }
+                },
+                FieldWarning {
+                    path: "spec.targets".into(),
+                    concern: Concern::DefaultPolicyWithTargets
+                },
+            ]
+        );
+        assert_eq!(
+            warnings[0].concern.to_string(),
+            "\"httpbin.bar.svc.cluster.local\" is not a DNS-1123 label (Istio 1.1 refused FQDNs here); read as \
+             Service \"httpbin\""
+        );
+        for label in ["httpbin", "a", "web-2"] {
+            assert!(is_dns1123_label(label), "{label}");
+        }
+        for not_label in ["", "-a", "a-", "Web", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(not_label), "{not_label}");
+        }
     }
 }

@@ -6,11 +6,13 @@
 //! - `parse`: YAML/JSON text (+ source name) -> validated documents; `node` walks values with
 //!   field paths; `document` holds what every kind shares.
 //! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
+//! - `authorization`: AuthorizationPolicy: validation, selection, compiled rules, the verdict.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
 //! - `protocol`: a workload port's app protocol (Services as Istio reads them, `--app-protocol`).
 //! - `error`: the operator-facing errors and warnings.
 
+pub mod authorization;
 mod document;
 mod error;
 mod legacy;

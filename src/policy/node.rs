@@ -97,6 +97,23 @@ impl<'a> Node<'a> {
             .collect()
     }
 
+    /// Refuses a key of this mapping that `known` does not list: a typo in a security policy
+    /// must not be read as "not set" (docs/policy.md#validation). The error names the key's path and the
+    /// nearest known name. `null` has no keys.
+    pub fn known_fields(&self, known: &[&'static str]) -> FieldResult<()> {
+        for (key, node) in self.entries()? {
+            if !known.contains(&key.as_str()) {
+                return Err(node.error(Problem::UnknownField {
+                    field: key.clone(),
+                    suggestion: nearest(&key, known)
+                        .map(|name| format!("; did you mean `{name}`?"))
+                        .unwrap_or_default(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
     /// A sequence's items (`null` has none).
     pub fn items(&self) -> FieldResult<Vec<Node<'a>>> {
         match self.value {
@@ -159,6 +176,36 @@ impl<'a> Node<'a> {
             .map(|&(_, value)| value)
             .ok_or_else(not_one_of)
     }
+}
+
+/// The known name an unknown `field` most likely meant: one that differs only in case, else the
+/// nearest by edit distance, if it is near enough to be a typo rather than another word.
+fn nearest(field: &str, known: &[&'static str]) -> Option<&'static str> {
+    if let Some(name) = known.iter().find(|name| name.eq_ignore_ascii_case(field)) {
+        return Some(name);
+    }
+    let limit = (field.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|name| (edit_distance(field, name), *name))
+        .filter(|&(distance, _)| distance <= limit)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 /// `1..=65535` in decimal, nothing else.
@@ -226,6 +273,39 @@ mod tests {
         let items = Node::root(&value).items().unwrap();
         let ports: Vec<_> = items.iter().map(|node| node.port().ok()).collect();
         assert_eq!(ports, [Some(8080), Some(443), None, None, None, None]);
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_nearest_known_name() {
+        let value = yaml("spec: {mtls: {mdoe: STRICT}, selectr: {}, portLevelMTLS: {}, zzz: 1}");
+        let spec = Node::root(&value).require("spec").unwrap();
+        let mtls = spec.require("mtls").unwrap();
+        let unknown = |error: FieldError| (error.path, error.problem.to_string());
+        assert_eq!(
+            unknown(mtls.known_fields(&["mode"]).unwrap_err()),
+            ("spec.mtls.mdoe".into(), "unknown field; did you mean `mode`?".into())
+        );
+        assert_eq!(
+            nearest("selectr", &["selector", "mtls", "portLevelMtls"]),
+            Some("selector")
+        );
+        assert_eq!(
+            nearest("portLevelMTLS", &["selector", "mtls", "portLevelMtls"]),
+            Some("portLevelMtls")
+        );
+        assert_eq!(nearest("zzz", &["selector", "mtls", "portLevelMtls"]), None);
+        assert_eq!(
+            unknown(spec.known_fields(&["mtls", "selector", "portLevelMtls"]).unwrap_err()),
+            ("spec.selectr".into(), "unknown field; did you mean `selector`?".into())
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("mdoe", "mode"), 2);
+        assert_eq!(edit_distance("selectr", "selector"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

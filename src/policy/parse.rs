@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::document::{Document, FieldWarning, Kind, Meta};
 use crate::policy::error::{DocumentRef, PolicyError, PolicyWarning};
 use crate::policy::legacy_policy::LegacyPolicy;
@@ -74,7 +75,10 @@ fn read_document(value: &Value, at: DocumentRef, parsed: &mut Parsed) -> Result<
     if (api_version, kind) != ("v1", "List") {
         return read_object(&root, at, parsed);
     }
-    let items = root.require("items").and_then(|items| items.items());
+    let items = root
+        .known_fields(&["apiVersion", "kind", "metadata", "items"])
+        .and_then(|()| root.require("items"))
+        .and_then(|items| items.items());
     for (item, node) in items.map_err(|e| invalid(&at, e))?.into_iter().enumerate() {
         read_object(
             &Node::root(node.value),
@@ -130,6 +134,7 @@ fn read_kind(kind: Kind, root: &Node, at: &mut DocumentRef, warnings: &mut Vec<F
     let meta = Meta::parse(kind, root, at)?;
     Ok(match kind {
         Kind::PeerAuthentication => Document::PeerAuthentication(PeerAuthentication::parse(root, meta, warnings)?),
+        Kind::AuthorizationPolicy => Document::Authorization(AuthorizationPolicy::parse(root, meta, warnings)?),
         Kind::MeshPolicy | Kind::Policy => Document::Legacy(LegacyPolicy::parse(root, meta, warnings)?),
         Kind::Service => Document::Service(Service::parse(root, meta, warnings)?),
     })
@@ -146,12 +151,12 @@ mod tests {
     #[test]
     fn documents_lists_and_empty_documents_are_read_and_other_kinds_counted() {
         let text = "---\n\
-            apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n---\n\
+            apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: default}\n---\n\
             ---\n\
             apiVersion: v1\nkind: List\nitems:\n\
-            - {apiVersion: security.istio.io/v1beta1, kind: PeerAuthentication, metadata: {name: b}}\n\
-            - {apiVersion: apps/v1, kind: Deployment, metadata: {name: c}}\n\
-            - {apiVersion: serving.knative.dev/v1, kind: Service, metadata: {name: d}}\n";
+            - {apiVersion: security.istio.io/v1beta1, kind: PeerAuthentication, metadata: {name: b, namespace: default}}\n\
+            - {apiVersion: apps/v1, kind: Deployment, metadata: {name: c, namespace: default}}\n\
+            - {apiVersion: serving.knative.dev/v1, kind: Service, metadata: {name: d, namespace: default}}\n";
         let parsed = parse_text(text, "p.yaml").unwrap();
         let names: Vec<_> = parsed.documents.iter().map(|d| d.meta().name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
@@ -159,13 +164,100 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_namespace_means_default() {
+    fn a_namespaced_kind_without_a_namespace_is_refused_and_a_mesh_policy_needs_none() {
+        assert_eq!(
+            error(
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a}}",
+                "p.yaml"
+            ),
+            "p.yaml: document 0 (PeerAuthentication): metadata.namespace: is required: a namespaced kind must \
+             say where it applies"
+        );
         let parsed = parse_text(
-            "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: a}}",
+            "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default}}",
             "p.yaml",
         )
         .unwrap();
-        assert_eq!(parsed.documents[0].meta().namespace, "default");
+        assert_eq!(parsed.documents[0].meta().namespace, "");
+    }
+
+    #[test]
+    fn every_kind_refuses_an_unknown_field_and_suggests_the_nearest_known_one() {
+        let at = |identity: &str| format!("p.yaml: document 0 ({identity}): ");
+        let cases = [
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo}, \
+                 spec: {mtls: {mdoe: STRICT}}}",
+                "PeerAuthentication foo/p",
+                "spec.mtls.mdoe: unknown field; did you mean `mode`?",
+            ),
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo}, \
+                 spec: {selectr: {matchLabels: {app: a}}}}",
+                "PeerAuthentication foo/p",
+                "spec.selectr: unknown field; did you mean `selector`?",
+            ),
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo}, \
+                 spec: {selector: {matchLabels: {app: a}}, portLevelMTLS: {80: {mode: DISABLE}}}}",
+                "PeerAuthentication foo/p",
+                "spec.portLevelMTLS: unknown field; did you mean `portLevelMtls`?",
+            ),
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo}, \
+                 spec: {selector: {matchLabel: {app: a}}}}",
+                "PeerAuthentication foo/p",
+                "spec.selector.matchLabel: unknown field; did you mean `matchLabels`?",
+            ),
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespace: foo}, \
+                 sepc: {}}",
+                "PeerAuthentication",
+                "sepc: unknown field; did you mean `spec`?",
+            ),
+            (
+                "{apiVersion: security.istio.io/v1, kind: PeerAuthentication, metadata: {name: p, namespce: foo}}",
+                "PeerAuthentication",
+                "metadata.namespce: unknown field; did you mean `namespace`?",
+            ),
+            (
+                "{apiVersion: v1, kind: Service, metadata: {name: s, namespace: foo}, spec: {ports: [{port: 80, \
+                 tragetPort: 8080}]}}",
+                "Service foo/s",
+                "spec.ports[0].tragetPort: unknown field; did you mean `targetPort`?",
+            ),
+            (
+                "{apiVersion: v1, kind: Service, metadata: {name: s, namespace: foo}, spec: {selectors: {app: a}}}",
+                "Service foo/s",
+                "spec.selectors: unknown field; did you mean `selector`?",
+            ),
+            (
+                "{apiVersion: authentication.istio.io/v1alpha1, kind: Policy, metadata: {name: default, namespace: foo}, \
+                 spec: {peers: [{mtls: {mdoe: PERMISSIVE}}]}}",
+                "Policy foo/default",
+                "spec.peers[0].mtls.mdoe: unknown field; did you mean `mode`?",
+            ),
+            (
+                "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default}, \
+                 spec: {peer: [{mtls: {}}]}}",
+                "MeshPolicy default",
+                "spec.peer: unknown field; did you mean `peers`?",
+            ),
+        ];
+        for (text, identity, message) in cases {
+            assert_eq!(error(text, "p.yaml"), format!("{}{message}", at(identity)), "{text}");
+        }
+    }
+
+    #[test]
+    fn object_meta_fields_and_status_are_accepted_as_kubectl_prints_them() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: foo\n  uid: 1-2\n  \
+            resourceVersion: '7'\n  generation: 1\n  labels: {app: s}\n  managedFields: []\n  ownerReferences: []\n  \
+            finalizers: []\nspec:\n  type: ClusterIP\n  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.1]\n  \
+            ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  sessionAffinity: None\n  \
+            internalTrafficPolicy: Cluster\n  selector: {app: s}\n  ports:\n  - {name: http, protocol: TCP, \
+            port: 80, targetPort: 8080, nodePort: 30080, appProtocol: http}\nstatus:\n  loadBalancer: {}\n";
+        assert_eq!(parse_text(text, "s.yaml").unwrap().documents.len(), 1);
     }
 
     #[test]
@@ -180,7 +272,7 @@ mod tests {
 
     #[test]
     fn errors_name_file_document_identity_and_field() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\n{}\n---\n\
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: default}\n---\n{}\n---\n\
             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: finance, namespace: foo}\n\
             spec:\n  selector: {matchLabels: {app: finance}}\n  portLevelMtls:\n    8080: {mode: strict}\n";
         assert_eq!(
@@ -212,7 +304,7 @@ mod tests {
     #[test]
     fn a_bad_creation_timestamp_is_refused() {
         let message = error(
-            "{apiVersion: v1, kind: Service, metadata: {name: s, creationTimestamp: yesterday}}",
+            "{apiVersion: v1, kind: Service, metadata: {name: s, namespace: default, creationTimestamp: yesterday}}",
             "s.yaml",
         );
         assert!(
@@ -308,7 +400,7 @@ mod tests {
         );
         assert_eq!(
             error(
-                "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default}, \
+                "{apiVersion: authentication.istio.io/v1alpha1, kind: MeshPolicy, metadata: {name: default, namespace: default}, \
                  spec: {peers: [{mtls: {mode: strict}}]}}",
                 "p.yaml"
             ),

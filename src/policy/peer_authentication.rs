@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::policy::document::{parse_labels, FieldWarning, Meta};
+use crate::policy::document::{parse_labels, FieldWarning, Meta, SELECTOR_FIELDS};
 use crate::policy::error::{Concern, Problem};
 use crate::policy::node::{FieldResult, Node};
 use crate::policy::MtlsMode;
@@ -42,6 +42,9 @@ impl PeerAuthentication {
             None => None,
         };
         let spec = root.get("spec")?;
+        if let Some(spec) = &spec {
+            spec.known_fields(&["selector", "mtls", "portLevelMtls"])?;
+        }
         let spec = match &spec {
             Some(spec) => spec,
             None => {
@@ -56,6 +59,7 @@ impl PeerAuthentication {
         };
         let selector = match spec.get("selector")? {
             Some(selector) => {
+                selector.known_fields(SELECTOR_FIELDS)?;
                 let labels = match selector.get("matchLabels")? {
                     Some(match_labels) => parse_labels(&match_labels)?,
                     None => BTreeMap::new(),
@@ -90,6 +94,7 @@ impl PeerAuthentication {
 
 /// `{mode: X}`; a missing mode (or an empty `{}`) is UNSET.
 fn parse_mode(mtls: &Node) -> FieldResult<Option<MtlsMode>> {
+    mtls.known_fields(&["mode"])?;
     match mtls.get("mode")? {
         Some(mode) => mode.one_of(&MODES, MODE_NAMES),
         None => Ok(None),
@@ -134,16 +139,16 @@ mod tests {
 
     #[test]
     fn a_missing_mtls_block_and_an_empty_one_are_unset() {
-        let (policy, _) = parse("metadata: {name: a}\nspec: {}");
+        let (policy, _) = parse("metadata: {name: a, namespace: default}\nspec: {}");
         assert_eq!(policy.unwrap().mode, None);
-        let (policy, _) = parse("metadata: {name: a}\nspec: {mtls: {}}");
+        let (policy, _) = parse("metadata: {name: a, namespace: default}\nspec: {mtls: {}}");
         assert_eq!(policy.unwrap().mode, None);
     }
 
     #[test]
     fn port_level_entries_are_keyed_by_number_and_may_be_unset() {
         let (policy, _) = parse(
-            "metadata: {name: a}\nspec: {selector: {matchLabels: {app: x}}, portLevelMtls: {8080: {mode: DISABLE}, '9090': {}}}",
+            "metadata: {name: a, namespace: default}\nspec: {selector: {matchLabels: {app: x}}, portLevelMtls: {8080: {mode: DISABLE}, '9090': {}}}",
         );
         let policy = policy.unwrap();
         assert_eq!(
@@ -155,7 +160,7 @@ mod tests {
     #[test]
     fn modes_are_exact_and_case_sensitive() {
         assert_eq!(
-            problem("metadata: {name: a}\nspec: {mtls: {mode: strict}}"),
+            problem("metadata: {name: a, namespace: default}\nspec: {mtls: {mode: strict}}"),
             (
                 "spec.mtls.mode".into(),
                 Problem::NotOneOf {
@@ -169,7 +174,9 @@ mod tests {
     #[test]
     fn port_level_needs_selector_labels() {
         assert_eq!(
-            problem("metadata: {name: a}\nspec: {selector: {}, portLevelMtls: {8080: {mode: DISABLE}}}"),
+            problem(
+                "metadata: {name: a, namespace: default}\nspec: {selector: {}, portLevelMtls: {8080: {mode: DISABLE}}}"
+            ),
             ("spec.portLevelMtls".into(), Problem::PortLevelWithoutSelector)
         );
     }
@@ -177,7 +184,9 @@ mod tests {
     #[test]
     fn an_empty_port_level_map_is_refused() {
         assert_eq!(
-            problem("metadata: {name: a}\nspec: {selector: {matchLabels: {app: x}}, portLevelMtls: {}}"),
+            problem(
+                "metadata: {name: a, namespace: default}\nspec: {selector: {matchLabels: {app: x}}, portLevelMtls: {}}"
+            ),
             ("spec.portLevelMtls".into(), Problem::EmptyPortLevel)
         );
     }
@@ -186,7 +195,7 @@ mod tests {
     fn port_keys_must_be_ports() {
         for key in ["0", "65536", "http", "-1"] {
             let yaml = format!(
-                "metadata: {{name: a}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, portLevelMtls: {{'{key}': {{}}}}}}"
+                "metadata: {{name: a, namespace: default}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, portLevelMtls: {{'{key}': {{}}}}}}"
             );
             let (_, problem) = problem(&yaml);
             assert_eq!(
@@ -201,11 +210,11 @@ mod tests {
     #[test]
     fn selectors_refuse_empty_keys_and_wildcards() {
         assert_eq!(
-            problem("metadata: {name: a}\nspec: {selector: {matchLabels: {'': x}}}"),
+            problem("metadata: {name: a, namespace: default}\nspec: {selector: {matchLabels: {'': x}}}"),
             ("spec.selector.matchLabels".into(), Problem::EmptyLabelKey)
         );
         assert_eq!(
-            problem("metadata: {name: a}\nspec: {selector: {matchLabels: {app: '*'}}}"),
+            problem("metadata: {name: a, namespace: default}\nspec: {selector: {matchLabels: {app: '*'}}}"),
             (
                 "spec.selector.matchLabels.app".into(),
                 Problem::WildcardInSelector { value: "\"*\"".into() }
@@ -215,10 +224,11 @@ mod tests {
 
     #[test]
     fn the_annotation_must_be_the_text_true_or_false() {
-        let (policy, _) = parse("metadata: {name: a, annotations: {http-alpns.aspenmesh.io: 'false'}}");
+        let (policy, _) =
+            parse("metadata: {name: a, namespace: default, annotations: {http-alpns.aspenmesh.io: 'false'}}");
         assert_eq!(policy.unwrap().http_alpn, Some(false));
         assert_eq!(
-            problem("metadata: {name: a, annotations: {http-alpns.aspenmesh.io: 'yes'}}"),
+            problem("metadata: {name: a, namespace: default, annotations: {http-alpns.aspenmesh.io: 'yes'}}"),
             (
                 "metadata.annotations[\"http-alpns.aspenmesh.io\"]".into(),
                 Problem::NotOneOf {
@@ -231,7 +241,7 @@ mod tests {
 
     #[test]
     fn an_empty_selector_is_a_warning() {
-        let (policy, warnings) = parse("metadata: {name: a}\nspec: {selector: {matchLabels: {}}}");
+        let (policy, warnings) = parse("metadata: {name: a, namespace: default}\nspec: {selector: {matchLabels: {}}}");
         assert!(policy.unwrap().selector.is_empty());
         assert_eq!(
             warnings,

@@ -18,6 +18,9 @@ pub struct WorkloadPorts {
     pub named: Vec<ResolvedPort>,
     /// Every other port (its `policy.port` is 0: it stands for all of them).
     pub other: ResolvedPort,
+    /// One port nothing names, resolved as `other`: a real port number for questions that
+    /// need one (an authorization verdict's port).
+    pub unnamed_port: u16,
 }
 
 impl WorkloadPorts {
@@ -45,6 +48,7 @@ impl PolicySet {
         WorkloadPorts {
             named: known.iter().map(|&port| resolve(port)).collect(),
             other,
+            unnamed_port,
         }
     }
 }

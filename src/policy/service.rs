@@ -12,6 +12,35 @@ use crate::policy::MtlsMode;
 
 const AUTH_ANNOTATION_PREFIX: &str = "auth.istio.io/";
 
+/// Every field of Kubernetes' ServiceSpec, read or not (`topologyKeys` as older servers print
+/// it): a Service is a core kind, and `kubectl get -o yaml` output must load as is.
+const SERVICE_SPEC_FIELDS: &[&str] = &[
+    "ports",
+    "selector",
+    "clusterIP",
+    "clusterIPs",
+    "type",
+    "externalIPs",
+    "sessionAffinity",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "externalName",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "publishNotReadyAddresses",
+    "sessionAffinityConfig",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "allocateLoadBalancerNodePorts",
+    "loadBalancerClass",
+    "internalTrafficPolicy",
+    "trafficDistribution",
+    "topologyKeys",
+];
+
+/// Every field of Kubernetes' ServicePort.
+const SERVICE_PORT_FIELDS: &[&str] = &["name", "protocol", "appProtocol", "port", "targetPort", "nodePort"];
+
 /// One validated Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Service {
@@ -36,6 +65,9 @@ pub(crate) struct ServicePort {
 impl Service {
     pub fn parse(root: &Node, meta: Meta, warnings: &mut Vec<FieldWarning>) -> FieldResult<Self> {
         let spec = root.get("spec")?;
+        if let Some(spec) = &spec {
+            spec.known_fields(SERVICE_SPEC_FIELDS)?;
+        }
         let (selector, ports) = match &spec {
             Some(spec) => (
                 match spec.get("selector")? {
@@ -117,6 +149,7 @@ fn parse_ports(node: &Node, warnings: &mut Vec<FieldWarning>) -> FieldResult<Vec
     node.items()?
         .iter()
         .map(|item| {
+            item.known_fields(SERVICE_PORT_FIELDS)?;
             let port = item.require("port")?.port()?;
             let text = |key: &str| item.get(key)?.map(|node| node.text().map(str::to_string)).transpose();
             let name = text("name")?;
@@ -154,7 +187,7 @@ mod tests {
         crate::policy::test_support::parse_one(Kind::Service, yaml, Service::parse)
     }
 
-    const HTTPBIN: &str = "metadata:\n  name: httpbin\n  annotations: {auth.istio.io/8000: NONE, auth.istio.io/9000: INHERIT}\nspec:\n  selector: {app: httpbin}\n  ports:\n  - {name: http, port: 8000, targetPort: 80}\n  - {name: metrics, port: 9000}\n  - {name: grpc, port: 7000, targetPort: grpc-port}";
+    const HTTPBIN: &str = "metadata:\n  name: httpbin\n  namespace: default\n  annotations: {auth.istio.io/8000: NONE, auth.istio.io/9000: INHERIT}\nspec:\n  selector: {app: httpbin}\n  ports:\n  - {name: http, port: 8000, targetPort: 80}\n  - {name: metrics, port: 9000}\n  - {name: grpc, port: 7000, targetPort: grpc-port}";
 
     #[test]
     fn annotations_apply_to_the_mapped_workload_port() {
@@ -181,19 +214,21 @@ mod tests {
     #[test]
     fn app_protocol_is_read_as_written() {
         let (service, warnings) = parse(
-            "metadata: {name: s}\nspec:\n  ports:\n  - {name: web, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}\n  - {port: 81}",
+            "metadata: {name: s, namespace: default}\nspec:\n  ports:\n  - {name: web, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}\n  - {port: 81}",
         );
         let ports = service.unwrap().ports;
         assert_eq!(ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
         assert_eq!(ports[1].app_protocol, None);
         assert!(warnings.is_empty());
-        let (service, _) = parse("metadata: {name: s}\nspec: {ports: [{port: 80, appProtocol: 2}]}");
+        let (service, _) =
+            parse("metadata: {name: s, namespace: default}\nspec: {ports: [{port: 80, appProtocol: 2}]}");
         assert_eq!(service.unwrap_err().path, "spec.ports[0].appProtocol");
     }
 
     #[test]
     fn an_annotation_value_must_be_none_mutual_tls_or_inherit() {
-        let (service, _) = parse("metadata: {name: s, annotations: {auth.istio.io/80: mutual_tls}}");
+        let (service, _) =
+            parse("metadata: {name: s, namespace: default, annotations: {auth.istio.io/80: mutual_tls}}");
         let error = service.unwrap_err();
         assert_eq!(error.path, "metadata.annotations[\"auth.istio.io/80\"]");
         assert_eq!(
@@ -208,7 +243,7 @@ mod tests {
     #[test]
     fn an_annotation_for_a_port_the_service_lacks_is_a_warning() {
         let (service, warnings) =
-            parse("metadata: {name: s, annotations: {auth.istio.io/81: NONE}}\nspec: {ports: [{port: 80}]}");
+            parse("metadata: {name: s, namespace: default, annotations: {auth.istio.io/81: NONE}}\nspec: {ports: [{port: 80}]}");
         assert!(service.unwrap().annotated.is_empty());
         assert_eq!(warnings[0].concern, Concern::AnnotationPortNotInService { port: 81 });
     }

@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::policy::authorization::model::AuthorizationPolicy;
+use crate::policy::authorization::Authorizer;
 use crate::policy::document::Document;
 use crate::policy::error::{Concern, PolicyError, PolicyWarning};
 use crate::policy::legacy::LegacyView;
@@ -19,6 +21,7 @@ use crate::policy::{MtlsMode, PortPolicy, Workload};
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     peer_authentications: Vec<PeerAuthentication>,
+    authorization_policies: Vec<AuthorizationPolicy>,
     legacy_policies: Vec<LegacyPolicy>,
     services: Vec<Service>,
 }
@@ -77,6 +80,7 @@ impl PolicySet {
             }
             match document {
                 Document::PeerAuthentication(policy) => set.peer_authentications.push(policy),
+                Document::Authorization(policy) => set.authorization_policies.push(policy),
                 Document::Legacy(policy) => set.legacy_policies.push(policy),
                 Document::Service(service) => set.services.push(service),
             }
@@ -112,6 +116,18 @@ impl PolicySet {
     /// Services that select the workload. A port neither names is unknown.
     pub fn protocol(&self, workload: &Workload, port: u16, overrides: &ProtocolOverrides) -> PortProtocol {
         protocol::resolve(&self.services, workload, port, overrides)
+    }
+
+    /// The AuthorizationPolicies that apply to `workload`, compiled: make it once per policy
+    /// generation and ask it `verdict` per connection. `trust_domain` is the mesh's: principals
+    /// written in `cluster.local` are read in it.
+    pub fn authorizer(&self, workload: &Workload, trust_domain: &str) -> Authorizer {
+        Authorizer::new(&self.authorization_policies, workload, trust_domain)
+    }
+
+    /// Whether the set holds any AuthorizationPolicy at all.
+    pub fn has_authorization_policies(&self) -> bool {
+        !self.authorization_policies.is_empty()
     }
 
     /// Ports any applicable policy names, plus the workload ports of Services that select it

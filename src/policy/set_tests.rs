@@ -21,7 +21,7 @@ fn a_directory_loads_sorted_policy_files_and_skips_dot_names_and_others() {
     fs::write(dir.join("a.yaml"), peer("foo", "a", "{mtls: {mode: DISABLE}}")).unwrap();
     fs::write(
         dir.join("c.json"),
-        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c"}}"#,
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c", "namespace": "foo"}}"#,
     )
     .unwrap();
     fs::write(dir.join("notes.txt"), "not: [yaml").unwrap();
