@@ -6,12 +6,8 @@ use std::fmt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::error::{Concern, DocumentRef, Problem};
-use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::{child_path, FieldError, FieldResult, Node};
-use crate::policy::peer_authentication::PeerAuthentication;
-use crate::policy::service::Service;
 
 /// The kinds peerguard understands (docs/policy.md#where-policies-come-from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -156,26 +152,6 @@ fn parse_timestamp(node: &Node) -> FieldResult<OffsetDateTime> {
             reason: e.to_string(),
         })
     })
-}
-
-/// One understood document.
-#[derive(Debug, Clone)]
-pub(crate) enum Document {
-    PeerAuthentication(PeerAuthentication),
-    Authorization(AuthorizationPolicy),
-    Legacy(LegacyPolicy),
-    Service(Service),
-}
-
-impl Document {
-    pub fn meta(&self) -> &Meta {
-        match self {
-            Document::PeerAuthentication(policy) => &policy.meta,
-            Document::Authorization(policy) => &policy.meta,
-            Document::Legacy(policy) => &policy.meta,
-            Document::Service(service) => &service.meta,
-        }
-    }
 }
 
 /// A warning found while reading one document, before the caller adds where the document is.

@@ -7,12 +7,32 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::policy::authorization::model::AuthorizationPolicy;
-use crate::policy::document::{Document, FieldWarning, Kind, Meta};
+use crate::policy::document::{FieldWarning, Kind, Meta};
 use crate::policy::error::{DocumentRef, PolicyError, PolicyWarning};
 use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::{FieldError, FieldResult, Node};
 use crate::policy::peer_authentication::PeerAuthentication;
 use crate::policy::service::Service;
+
+/// One understood document.
+#[derive(Debug, Clone)]
+pub(crate) enum Document {
+    PeerAuthentication(PeerAuthentication),
+    Authorization(AuthorizationPolicy),
+    Legacy(LegacyPolicy),
+    Service(Service),
+}
+
+impl Document {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Document::PeerAuthentication(policy) => &policy.meta,
+            Document::Authorization(policy) => &policy.meta,
+            Document::Legacy(policy) => &policy.meta,
+            Document::Service(service) => &service.meta,
+        }
+    }
+}
 
 /// What one or more files held.
 #[derive(Debug, Default)]

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::authorization::Authorizer;
-use crate::policy::document::Document;
 use crate::policy::error::{Concern, PolicyError, PolicyWarning};
 use crate::policy::legacy::LegacyView;
 use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::child_path;
-use crate::policy::parse::{parse_text, Parsed};
+use crate::policy::parse::{parse_text, Document, Parsed};
 use crate::policy::peer_authentication::{PeerAuthentication, HTTP_ALPN_ANNOTATION};
 use crate::policy::protocol::{self, PortProtocol, ProtocolOverrides};
 use crate::policy::resolve::Levels;
