@@ -130,7 +130,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
         listeners.push(Listener {
             tcp,
-            route: Route::Explicit { app: spec.app },
+            route: Route::Explicit {
+                app: spec.app,
+                listen: address,
+            },
         });
     }
     let mut inbound = None;

@@ -10,7 +10,9 @@
 //! The per-connection cost is one hash lookup of a `Copy` label set (no formatting, no
 //! allocation once the series exists) and a few atomic adds on handles resolved at start-up.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -21,6 +23,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::outcome::record::Record;
+use crate::policy::authorization::{Decider, Verdict};
 use crate::policy::MtlsMode;
 use crate::tls::sessions::Declined;
 
@@ -55,6 +58,36 @@ struct ConnectionLabels {
 struct DirectionLabels {
     direction: &'static str,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthorizationLabels {
+    decision: &'static str,
+    policy: PolicyLabel,
+}
+
+/// The `policy` label: `namespace/name` of the deciding policy, `none` when no policy decided,
+/// `other` past [`MAX_POLICY_LABELS`] distinct policies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PolicyLabel {
+    Policy(Arc<str>),
+    None,
+    Other,
+}
+
+impl EncodeLabelValue for PolicyLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let text: &str = match self {
+            PolicyLabel::Policy(policy) => policy,
+            PolicyLabel::None => "none",
+            PolicyLabel::Other => "other",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+/// Most distinct policies that get their own `policy` label value: policies come from the
+/// cluster's operators, not from clients, but a label set must stay bounded all the same.
+pub const MAX_POLICY_LABELS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HandshakeLabels {
@@ -134,6 +167,8 @@ pub struct Metrics {
     full_handshakes: Counter,
     resumed_handshakes: Counter,
     resumptions_declined: Family<DeclinedLabels, Counter>,
+    authorizations: Family<AuthorizationLabels, Counter>,
+    labelled_policies: Mutex<HashSet<Arc<str>>>,
     policy_reloads: ReloadCounters,
     policy_generation: Gauge,
     certificate_reloads: ReloadCounters,
@@ -207,6 +242,12 @@ impl Metrics {
                 reason: declined.as_str(),
             });
         }
+        let authorizations = Family::<AuthorizationLabels, Counter>::default();
+        registry.register(
+            "authorizations",
+            "AuthorizationPolicy verdicts, by decision (allow, deny, and shadow_deny for what a dry-run policy would have denied) and deciding policy",
+            authorizations.clone(),
+        );
         let policy_reloads = ReloadCounters::register(&mut registry, "policy_reloads", "Policy reloads, by result");
         let policy_generation = Gauge::default();
         registry.register(
@@ -238,6 +279,8 @@ impl Metrics {
             full_handshakes: handshakes.get_or_create_owned(&HandshakeLabels { kind: "full" }),
             resumed_handshakes: handshakes.get_or_create_owned(&HandshakeLabels { kind: "resumed" }),
             resumptions_declined,
+            authorizations,
+            labelled_policies: Mutex::default(),
             policy_reloads,
             policy_generation,
             certificate_reloads,
@@ -281,6 +324,39 @@ impl Metrics {
         }
         if let Some(sniff) = record.sniff_time {
             self.sniff_seconds.observe(sniff.as_secs_f64());
+        }
+        if let Some(verdict) = &record.authorization {
+            self.authorized(verdict);
+        }
+    }
+
+    /// Counts a verdict by its deciding policy, and what dry-run policies would have denied.
+    fn authorized(&self, verdict: &Verdict) {
+        let decision = if verdict.allowed { "allow" } else { "deny" };
+        self.count_authorization(decision, verdict.decider.as_ref());
+        for shadow in verdict.dry_run().filter(|shadow| !shadow.allowed) {
+            self.count_authorization("shadow_deny", shadow.decider.as_ref());
+        }
+    }
+
+    fn count_authorization(&self, decision: &'static str, decider: Option<&Decider>) {
+        let policy = match decider {
+            None => PolicyLabel::None,
+            Some(decider) => self.policy_label(&decider.policy),
+        };
+        self.authorizations
+            .get_or_create(&AuthorizationLabels { decision, policy })
+            .inc();
+    }
+
+    /// The policy's own label while fewer than [`MAX_POLICY_LABELS`] have one, else `other`.
+    fn policy_label(&self, policy: &Arc<str>) -> PolicyLabel {
+        let mut labelled = self.labelled_policies.lock().unwrap_or_else(PoisonError::into_inner);
+        if labelled.contains(policy) || labelled.len() < MAX_POLICY_LABELS {
+            labelled.insert(policy.clone());
+            PolicyLabel::Policy(policy.clone())
+        } else {
+            PolicyLabel::Other
         }
     }
 
@@ -331,6 +407,18 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_past_the_bound_share_the_other_label() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_POLICY_LABELS {
+            let policy: Arc<str> = format!("ns/p{i}").into();
+            assert_eq!(metrics.policy_label(&policy), PolicyLabel::Policy(policy.clone()));
+        }
+        assert_eq!(metrics.policy_label(&"ns/late".into()), PolicyLabel::Other);
+        let first: Arc<str> = "ns/p0".into();
+        assert_eq!(metrics.policy_label(&first), PolicyLabel::Policy(first.clone()), "kept");
+    }
 
     #[test]
     fn ports_past_the_bound_share_the_other_label() {

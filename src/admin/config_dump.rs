@@ -1,6 +1,7 @@
 //! `/config_dump`: what this process is doing right now, as JSON. Built from the live
 //! snapshots at request time, so it always shows the generation new connections get.
 
+use crate::policy::authorization::PolicyInForce;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -56,6 +57,8 @@ struct PolicyView<'a> {
     ports: Vec<PortView<'a>>,
     /// The mode of every port not listed.
     other_ports: PortView<'a>,
+    /// The AuthorizationPolicies that apply to the workload, in evaluation order.
+    authorization_policies: Vec<PolicyInForce>,
 }
 
 #[derive(Serialize)]
@@ -120,6 +123,7 @@ impl<'a> ConfigDump<'a> {
                     .map(|p| PortView::new(Some(p), policy.port(p)))
                     .collect(),
                 other_ports: PortView::new(None, other),
+                authorization_policies: policy.authorizer.policies().collect(),
             },
             certificate: CertificateView {
                 generation: tls.generation,

@@ -19,13 +19,16 @@ use crate::inbound::classify::{classify, Classified, ClassifyError, SniffLimits,
 use crate::inbound::cut::Cut;
 use crate::inbound::decide::{decide, reads_first_bytes};
 use crate::inbound::forward::forward;
+use crate::inbound::listener::Target;
 use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
 use crate::outcome::record::{Ended, Record, TlsRecord};
 use crate::outcome::{Action, Reason, Transferred};
+use crate::policy::authorization::{Authorizer, ConnectionFacts, Verdict};
 use crate::policy::AppProtocol;
 use crate::store::{PortMode, Store};
+use crate::tls::identity::SpiffeId;
 
 /// What every connection handler shares: the live policy and credentials, the limits, and the
 /// signal that cuts what a drain leaves open.
@@ -41,12 +44,18 @@ pub struct DataPath {
 impl DataPath {
     /// Serves one accepted connection whose app is at `app` (the workload port is its port)
     /// and returns its record. Debug lines inside it carry a span naming the connection.
-    pub async fn serve(&self, client: TcpStream, source: SocketAddr, app: SocketAddr) -> Record {
+    pub async fn serve(&self, client: TcpStream, source: SocketAddr, target: Target) -> Record {
         let started = Instant::now();
+        let app = target.app;
         let policy = self.store.policy();
         let port = policy.port(app.port());
         let span = tracing::debug_span!("connection", %source, port = app.port(), mode = port.policy.mode.as_str());
-        let stages = self.stages(client, app, port).instrument(span);
+        let who = Who {
+            source,
+            target,
+            authorizer: &policy.authorizer,
+        };
+        let stages = self.stages(client, who, port).instrument(span);
         tokio::pin!(stages);
         let ended = tokio::select! {
             ended = &mut stages => ended,
@@ -63,8 +72,10 @@ impl DataPath {
         Record::new(source, app.port(), applied, ended, started.elapsed())
     }
 
-    /// classify -> decide -> refuse, forward, or terminate then forward.
-    async fn stages(&self, mut client: TcpStream, app: SocketAddr, port: &PortMode) -> Ended {
+    /// classify -> decide -> refuse, or authorize then forward, or terminate then authorize
+    /// then forward.
+    async fn stages(&self, mut client: TcpStream, who: Who<'_>, port: &PortMode) -> Ended {
+        let app = who.target.app;
         let mode = port.policy.mode;
         let classified = if reads_first_bytes(mode) {
             match classify(&mut client, self.sniff_limits()).await {
@@ -82,16 +93,29 @@ impl DataPath {
             Sniffed::Tls(hello) => Some(TlsRecord::offered(hello, prefix.len())),
             _ => None,
         };
+        let mut authorization = None;
         let reached_app = match (decision.action, tls.as_deref_mut()) {
             (Action::Refuse, _) => {
-                reset(client);
+                reset(&client);
                 Err(decision.reason)
             }
-            (Action::Passthrough, _) => self.forward_to_app(client, prefix, app).await,
+            // No identity: plaintext, the app's own TLS, or anything on a DISABLE port.
+            (Action::Passthrough, tls) => {
+                authorization = who.authorize(None, tls.and_then(|t| t.sni.as_deref()), &client);
+                if denied(&authorization) {
+                    reset(&client);
+                    Err(Reason::DeniedByPolicy)
+                } else {
+                    self.forward_to_app(client, prefix, app).await
+                }
+            }
             // Boxed: the handshake and the TLS stream are large, and a task is as big as its
             // largest state; only terminated connections should pay for them.
             (Action::Terminate, Some(tls)) => {
-                Box::pin(self.terminate_then_forward(client, prefix, tls, port.protocol.protocol, app)).await
+                let terminate = self.terminate_then_forward(client, prefix, tls, port.protocol.protocol, &who);
+                let (reached_app, verdict) = Box::pin(terminate).await;
+                authorization = verdict;
+                reached_app
             }
             // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
             (Action::Terminate, None) => Err(Reason::HandshakeFailed),
@@ -103,10 +127,12 @@ impl DataPath {
                 sniff_time,
                 tls,
                 transfer: Some(transfer),
+                authorization,
             },
             Err(reason) => Ended {
                 sniff_time,
                 tls,
+                authorization,
                 ..Ended::refused(reason)
             },
         }
@@ -120,15 +146,16 @@ impl DataPath {
     }
 
     /// The mTLS handshake with the configuration that fits the client's ALPN list and the app's
-    /// protocol (what it found goes into `tls`), then the decrypted stream to the app.
+    /// protocol (what it found goes into `tls`), then the peer's authorization, then the
+    /// decrypted stream to the app.
     async fn terminate_then_forward(
         &self,
         client: TcpStream,
         prefix: Vec<u8>,
         tls: &mut TlsRecord,
         protocol: AppProtocol,
-        app: SocketAddr,
-    ) -> Result<Transferred, Reason> {
+        who: &Who<'_>,
+    ) -> (Result<Transferred, Reason>, Option<Box<Verdict>>) {
         let credentials = self.store.tls();
         let started = Instant::now();
         let handshake = terminate(
@@ -142,12 +169,24 @@ impl DataPath {
         .await;
         drop(credentials);
         tls.resumption_declined = handshake.declined;
-        let terminated = handshake.result?;
+        let terminated = match handshake.result {
+            Ok(terminated) => terminated,
+            Err(reason) => return (Err(reason), None),
+        };
         tls.handshake_time = Some(started.elapsed());
         tls.resumed = terminated.peer.resumed;
-        tls.peer = Some(terminated.peer.id);
         tls.negotiated_alpn = terminated.alpn;
-        self.forward_to_app(terminated.stream, Vec::new(), app).await
+        let tcp = terminated.stream.get_ref().0.get_ref();
+        let verdict = who.authorize(Some(&terminated.peer.id), tls.sni.as_deref(), tcp);
+        tls.peer = Some(terminated.peer.id);
+        if denied(&verdict) {
+            reset(tcp);
+            return (Err(Reason::DeniedByPolicy), verdict);
+        }
+        (
+            self.forward_to_app(terminated.stream, Vec::new(), who.target.app).await,
+            verdict,
+        )
     }
 
     /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
@@ -184,6 +223,40 @@ async fn replay<W: AsyncWrite + Unpin>(upstream: &mut W, prefix: &[u8]) -> Resul
     })
 }
 
+/// Who a connection is from and to, for authorization.
+struct Who<'a> {
+    source: SocketAddr,
+    target: Target,
+    authorizer: &'a Authorizer,
+}
+
+impl Who<'_> {
+    /// The verdict for a peer (`None`: no identity) that sent `sni`; `None` when no
+    /// AuthorizationPolicy applies to the workload (nothing to decide or record).
+    fn authorize(&self, peer: Option<&SpiffeId>, sni: Option<&str>, client: &TcpStream) -> Option<Box<Verdict>> {
+        if self.authorizer.is_empty() {
+            return None;
+        }
+        // A wildcard listener's address is the socket's; asked only here, where it matters.
+        let destination_ip = self
+            .target
+            .destination
+            .or_else(|| client.local_addr().ok().map(|local| local.ip()));
+        let verdict = self.authorizer.verdict(&ConnectionFacts {
+            peer,
+            source_ip: Some(self.source.ip()),
+            destination_ip,
+            port: self.target.app.port(),
+            sni,
+        });
+        Some(Box::new(verdict))
+    }
+}
+
+fn denied(verdict: &Option<Box<Verdict>>) -> bool {
+    verdict.as_ref().is_some_and(|verdict| !verdict.allowed)
+}
+
 /// Polls `future` once: its output if it is ready now.
 async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
@@ -196,7 +269,7 @@ async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
 /// Closes a refused connection with a reset rather than a FIN, as Envoy does when no filter
 /// chain matches: the client learns at once that nothing is there (curl exits 56), instead of
 /// seeing an empty but orderly reply.
-fn reset(client: TcpStream) {
+fn reset(client: &TcpStream) {
     let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
 }
 

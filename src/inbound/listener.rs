@@ -1,7 +1,7 @@
 //! The accept loop: a connection cap that pauses accepting, one task per connection, and a
 //! shutdown signal that closes the listener while open connections carry on.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use crate::outcome::Reason;
 /// Where a listener's connections go.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// `--listen LISTEN=APP`: always to APP.
-    Explicit { app: SocketAddr },
+    /// `--listen LISTEN=APP`: always to APP. `listen` is the bound address, the destination
+    /// authorization sees (unless it is a wildcard, which the socket then tells).
+    Explicit { app: SocketAddr, listen: SocketAddr },
     /// `--inbound`: to the original destination port, at `app_host`. Connections whose original
     /// destination is one of `own_ports` are refused: they would loop back into peerguard.
     Transparent { app_host: AppHost, own_ports: Arc<[u16]> },
@@ -70,8 +71,8 @@ impl Listener {
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _active = metrics.connection_opened();
-                let record = match app_of(&route, &client) {
-                    Ok(app) => data_path.serve(client, source, app).await,
+                let record = match target_of(&route, &client) {
+                    Ok(target) => data_path.serve(client, source, target).await,
                     Err(own_port) => {
                         Record::new(source, own_port, None, Ended::refused(Reason::OwnPort), Duration::ZERO)
                     }
@@ -84,11 +85,23 @@ impl Listener {
     }
 }
 
-/// The app address for a connection, or `Err(port)` when its original destination is
-/// peerguard itself.
-fn app_of(route: &Route, client: &TcpStream) -> Result<SocketAddr, u16> {
+/// Where a connection goes, and the address it was sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// The app; the workload port is its port.
+    pub app: SocketAddr,
+    /// The destination the client dialled: the original destination, or the listener's
+    /// address; `None` for a wildcard listener (asked of the socket only when needed).
+    pub destination: Option<IpAddr>,
+}
+
+/// Where a connection goes, or `Err(port)` when its original destination is peerguard itself.
+fn target_of(route: &Route, client: &TcpStream) -> Result<Target, u16> {
     match route {
-        Route::Explicit { app } => Ok(*app),
+        Route::Explicit { app, listen } => Ok(Target {
+            app: *app,
+            destination: (!listen.ip().is_unspecified()).then(|| listen.ip()),
+        }),
         Route::Transparent { app_host, own_ports } => {
             // No original destination means no redirect happened: the client dialled the
             // transparent listener itself.
@@ -97,9 +110,13 @@ fn app_of(route: &Route, client: &TcpStream) -> Result<SocketAddr, u16> {
             if own_ports.contains(&original.port()) {
                 return Err(original.port());
             }
-            Ok(match app_host {
+            let app = match app_host {
                 AppHost::Address(ip) => SocketAddr::new(*ip, original.port()),
                 AppHost::OriginalDestination => original,
+            };
+            Ok(Target {
+                app,
+                destination: Some(original.ip()),
             })
         }
     }

@@ -17,6 +17,11 @@ pub struct PrefixedIo<S> {
 }
 
 impl<S> PrefixedIo<S> {
+    /// The stream under the replayed bytes.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
             prefix,

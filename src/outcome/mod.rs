@@ -79,6 +79,8 @@ pub enum Reason {
     UpstreamReplayFailed,
     /// Still before the app (sniffing, handshaking, connecting) when the drain deadline came.
     Drained,
+    /// An AuthorizationPolicy denies this peer (or no ALLOW policy admits it).
+    DeniedByPolicy,
     /// The original destination is one of peerguard's own ports.
     OwnPort,
     /// A socket error while reading the first bytes.
@@ -86,7 +88,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Mtls,
         Reason::PassthroughPlaintext,
         Reason::PassthroughTls,
@@ -107,6 +109,7 @@ impl Reason {
         Reason::UpstreamConnectFailed,
         Reason::UpstreamReplayFailed,
         Reason::Drained,
+        Reason::DeniedByPolicy,
         Reason::OwnPort,
         Reason::ClientIoError,
     ];
@@ -133,6 +136,7 @@ impl Reason {
             Reason::UpstreamConnectFailed => "upstream_connect_failed",
             Reason::UpstreamReplayFailed => "upstream_replay_failed",
             Reason::Drained => "drained",
+            Reason::DeniedByPolicy => "denied_by_policy",
             Reason::OwnPort => "own_port",
             Reason::ClientIoError => "client_io_error",
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::outcome::client_text::{ClientList, ClientText, LogStyle};
 use crate::outcome::{Action, End, Reason, Transferred};
+use crate::policy::authorization::{Decider, Verdict};
 use crate::policy::MtlsMode;
 use crate::tls::client_hello::ClientHello;
 use crate::tls::identity::SpiffeId;
@@ -34,6 +35,9 @@ pub struct Record {
     /// lives as long as its connection, and a plaintext connection idling for hours should not
     /// carry room for TLS details.
     pub tls: Option<Box<TlsRecord>>,
+    /// The AuthorizationPolicy verdict, when policies apply to the workload. Boxed for the same
+    /// reason as `tls`.
+    pub authorization: Option<Box<Verdict>>,
 }
 
 /// The TLS side of a record.
@@ -65,6 +69,7 @@ pub struct Ended {
     pub tls: Option<Box<TlsRecord>>,
     /// What crossed the proxy, for connections that reached the app.
     pub transfer: Option<Transferred>,
+    pub authorization: Option<Box<Verdict>>,
 }
 
 impl Ended {
@@ -76,6 +81,7 @@ impl Ended {
             sniff_time: None,
             tls: None,
             transfer: None,
+            authorization: None,
         }
     }
 }
@@ -118,6 +124,7 @@ impl Record {
             sniff_time: ended.sniff_time,
             duration,
             tls: ended.tls,
+            authorization: ended.authorization,
         }
     }
 
@@ -126,6 +133,7 @@ impl Record {
         // Fields are Display wrappers, formatted only if the access log is enabled at all.
         // What the client sent (SNI, ALPN) is escaped: it must not forge lines or fields.
         let tls = self.tls.as_deref();
+        let authz = self.authorization.as_deref();
         let sni = tls.and_then(|t| t.sni.as_deref()).map(|sni| ClientText {
             bytes: sni.as_bytes(),
             style,
@@ -144,6 +152,10 @@ impl Record {
             peer = %OrDash(tls.and_then(|t| t.peer.as_ref())),
             resumed = tls.is_some_and(|t| t.resumed),
             resumption_declined = %tls.and_then(|t| t.resumption_declined).map_or("-", Declined::as_str),
+            authz = %authz.map_or("-", |v| if v.allowed { "allow" } else { "deny" }),
+            authz_policy = %OrDash(authz.and_then(|v| v.decider.as_ref()).map(DeciderText)),
+            authz_reason = %authz.map_or("-", |v| v.reason.as_str()),
+            authz_dry_run = %OrDash(authz.filter(|v| v.dry_run().next().is_some()).map(DryRunText)),
             bytes_to_app = self.to_app,
             bytes_to_client = self.to_client,
             end = %self.end.map_or("-", End::as_str),
@@ -158,6 +170,32 @@ impl Record {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// `namespace/name#rule`: the policy and rule that decided.
+struct DeciderText<'a>(&'a Decider);
+
+impl fmt::Display for DeciderText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.0.policy, self.0.rule)
+    }
+}
+
+/// What the dry-run policies would have done, DENY's then ALLOW's: `deny:ns/name#0`,
+/// `allow:-` (no dry-run rule matched), joined by `,`.
+struct DryRunText<'a>(&'a Verdict);
+
+impl fmt::Display for DryRunText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, shadow) in self.0.dry_run().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let verdict = if shadow.allowed { "allow" } else { "deny" };
+            write!(f, "{verdict}:{}", OrDash(shadow.decider.as_ref().map(DeciderText)))?;
+        }
+        Ok(())
+    }
 }
 
 /// A value, or `-` when there is none, as every absent access-log field reads.
@@ -274,6 +312,10 @@ mod tests {
             "peer",
             "resumed",
             "resumption_declined",
+            "authz",
+            "authz_policy",
+            "authz_reason",
+            "authz_dry_run",
             "bytes_to_app",
             "bytes_to_client",
             "end",

@@ -177,7 +177,7 @@ impl Settings {
         for warning in loaded.warnings_for(&workload) {
             tracing::warn!("policy: {warning}");
         }
-        PolicySnapshot::new(generation, workload, &self.overrides, loaded)
+        PolicySnapshot::new(generation, workload, &self.overrides, &self.trust_domain, loaded)
     }
 
     fn tls_snapshot(&self, generation: u64, credentials: &Credentials) -> Result<TlsSnapshot, TlsLoadError> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::policy::authorization::Authorizer;
 use crate::policy::{Loaded, PortPolicy, PortProtocol, ProtocolOverrides, ResolvedPort, Workload};
 
 /// What one workload port resolved to: its effective mode, with what the access log says about
@@ -43,12 +44,21 @@ pub struct PolicySnapshot {
     named: HashMap<u16, PortMode>,
     /// Every other port: resolution gives one answer for all ports nothing names.
     other: PortMode,
+    /// The AuthorizationPolicies that apply to the workload, compiled.
+    pub authorizer: Authorizer,
 }
 
 impl PolicySnapshot {
     /// Resolves every port the policy names up front, so a connection costs one hash lookup.
-    pub fn new(generation: u64, workload: Workload, overrides: &ProtocolOverrides, loaded: Loaded) -> Self {
+    pub fn new(
+        generation: u64,
+        workload: Workload,
+        overrides: &ProtocolOverrides,
+        trust_domain: &str,
+        loaded: Loaded,
+    ) -> Self {
         let ports = loaded.set.resolve_ports(&workload, overrides);
+        let authorizer = loaded.set.authorizer(&workload, trust_domain);
         PolicySnapshot {
             generation,
             workload,
@@ -60,6 +70,7 @@ impl PolicySnapshot {
                 .map(|resolved| (resolved.policy.port, PortMode::new(resolved)))
                 .collect(),
             other: PortMode::new(ports.other),
+            authorizer,
         }
     }
 
@@ -92,7 +103,7 @@ mod tests {
             labels: Default::default(),
             root_namespace: "istio-system".into(),
         };
-        let snapshot = PolicySnapshot::new(1, workload, &ProtocolOverrides::default(), loaded);
+        let snapshot = PolicySnapshot::new(1, workload, &ProtocolOverrides::default(), "cluster.local", loaded);
         assert_eq!(&*snapshot.port(8080).label, "MeshPolicy default (legacy_mesh)");
     }
 }

@@ -169,6 +169,20 @@ impl Authorizer {
         }
     }
 
+    /// No policy applies to the workload: every connection is allowed and nothing is recorded,
+    /// so the data path skips authorizing altogether.
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.deny,
+            &self.allow,
+            &self.audit,
+            &self.shadow_deny,
+            &self.shadow_allow,
+        ]
+        .iter()
+        .all(|policies| policies.is_empty())
+    }
+
     /// The policies in force for the workload, in evaluation order.
     pub fn policies(&self) -> impl Iterator<Item = PolicyInForce> + '_ {
         [
