@@ -130,12 +130,13 @@ fn run(command: &str) -> String {
 #[test]
 fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
     let Started { demo, commands, check } = start_demo();
-    let expectations: [(u32, &[&str]); 5] = [
+    let expectations: [(u32, &[&str]); 6] = [
         (1, &["you reached me over plaintext"]),
         (2, &["you reached me over the app's own TLS"]),
         (3, &["you reached me over plaintext"]),
         (4, &["curl exit: 56", "you reached me over plaintext"]),
         (5, &["you reached me over the app's own TLS"]),
+        (6, &["openssl exit: 1"]),
     ];
     for (section, wanted) in expectations {
         let output: String = commands
@@ -172,6 +173,9 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
         "reason=passthrough_plaintext",
         "reason=plaintext_on_strict",
         "reason=passthrough_disabled",
+        "reason=denied_by_policy",
+        "authz_policy=demo/deny-intruder#0",
+        "authz_policy=demo/echo-callers#0",
     ] {
         assert!(log.contains(reason), "the access log has {reason}:\n{log}");
     }

@@ -114,6 +114,9 @@ fn write_pki(dir: &Path) -> anyhow::Result<()> {
         .write_cert_dir(&dir.join("echo-certs"))?;
     mesh.issue_workload(&id("client")?, VALIDITY)?
         .write_cert_dir(&dir.join("client-certs"))?;
+    // A mesh identity the demo's AuthorizationPolicy denies.
+    mesh.issue_workload(&id("intruder")?, VALIDITY)?
+        .write_cert_dir(&dir.join("intruder-certs"))?;
     let app_ca = DevCa::generate_named(APP_CA_NAME)?;
     app_ca
         .issue_server(&["localhost", "127.0.0.1"], VALIDITY)?
@@ -162,6 +165,40 @@ spec:
       mode: STRICT
     {disable}:
       mode: DISABLE
+---
+# Who may connect: the intruder service account never; the client service account over mTLS,
+# and anything from this machine (the demo's plaintext and app-TLS calls) otherwise.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-intruder
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    matchLabels:
+      app: echo
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/{NAMESPACE}/sa/intruder]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: echo-callers
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    matchLabels:
+      app: echo
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/{NAMESPACE}/sa/client]
+  - from:
+    - source:
+        ipBlocks: [127.0.0.1/32]
 ",
         strict = ports.strict.1,
         disable = ports.disable.1,
@@ -234,7 +271,10 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1
 # 5. DISABLE passes even mesh mTLS through: the app's own certificate answers the handshake:
 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:{disable} -alpn istio-http/1.1,istio,http/1.1 -CAfile {d}/app-tls/root-cert.pem
 
-# What would peerguard do, and why:
+# 6. Who may connect: the client's mTLS call in 1. was allowed by demo/echo-callers (see authz_policy in its log line); the intruder's valid certificate is denied by demo/deny-intruder, reset before the app sees a byte:
+printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:{permissive} -alpn istio -cert {d}/intruder-certs/cert-chain.pem -key {d}/intruder-certs/key.pem -CAfile {d}/intruder-certs/root-cert.pem; echo \"openssl exit: $?\"
+
+# What would peerguard do, and why (add --principal spiffe://cluster.local/ns/{NAMESPACE}/sa/intruder --port {pa} to ask about a peer):
 {peerguard} check --policy {d}/policy.yaml --namespace {NAMESPACE} --labels {WORKLOAD_LABELS}
 ",
         pa = ports.permissive.1,
