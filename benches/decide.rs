@@ -81,7 +81,7 @@ fn snapshot_port(c: &mut Criterion) {
         labels: BTreeMap::from([("app".into(), "bench".into())]),
         root_namespace: "istio-system".into(),
     };
-    let snapshot = PolicySnapshot::new(1, workload, &Default::default(), loaded);
+    let snapshot = PolicySnapshot::new(1, workload, &Default::default(), "cluster.local", loaded);
     assert_eq!(snapshot.port(9090).policy.mode, MtlsMode::Disable);
     assert_eq!(snapshot.port(443).policy.mode, MtlsMode::Strict);
 

@@ -134,11 +134,13 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     sorted.get(index).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
 }
 
-/// Full mTLS handshakes per second from `clients` concurrent clients, each connecting,
-/// handshaking (no resumption), seeing one echoed byte and closing, over and over.
-pub async fn handshakes(
+/// New connections per second from `clients` concurrent clients, each connecting (with a full
+/// handshake, no resumption, for `Security::Mesh`), seeing one echoed byte and closing, over
+/// and over.
+pub async fn connections(
     connector: &Arc<Connector>,
     addr: SocketAddr,
+    security: Security,
     clients: usize,
     time: Duration,
 ) -> io::Result<f64> {
@@ -149,7 +151,7 @@ pub async fn handshakes(
         async move {
             let mut done = 0u64;
             while Instant::now() < deadline && done < MAX_HANDSHAKES_PER_CLIENT {
-                connector.open_confirmed(addr, Security::Mesh).await?;
+                connector.open_confirmed(addr, security).await?;
                 done += 1;
             }
             Ok(done)

@@ -79,6 +79,7 @@ async fn run(options: &Options) -> anyhow::Result<Results> {
             // Fresh proxies for every phase: no phase inherits another's heap or sockets.
             let mut proxies: Vec<Proxy> = vec![proxies::start_peerguard(
                 &options.peerguard,
+                options.policy.as_deref(),
                 &scratch.0,
                 &pki,
                 app_addr,

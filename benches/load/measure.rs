@@ -25,6 +25,9 @@ pub enum Metric {
     /// Handshakes per second of the proxy's own CPU time: its capacity, even when the load
     /// generator (one core) cannot saturate it.
     HandshakesPerCpuSecond,
+    ConnectionsPerSecond,
+    /// Proxy CPU per 1,000 new plaintext connections, in core-milliseconds.
+    CpuPerThousandConnectionsMs,
     IdlePlaintextKib,
     IdleMtlsKib,
 }
@@ -39,6 +42,7 @@ impl Metric {
             Metric::RrPlaintextP50 | Metric::RrPlaintextP99 => Phase::RrPlaintext,
             Metric::RrMtlsP50 | Metric::RrMtlsP99 => Phase::RrMtls,
             Metric::HandshakesPerSecond | Metric::HandshakesPerCpuSecond => Phase::Handshakes,
+            Metric::ConnectionsPerSecond | Metric::CpuPerThousandConnectionsMs => Phase::Connections,
             Metric::IdlePlaintextKib => Phase::IdlePlaintext,
             Metric::IdleMtlsKib => Phase::IdleMtls,
         }
@@ -59,7 +63,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 impl Phase {
     /// Whether the phase means anything without a proxy (mTLS needs one to terminate it).
     pub fn applies_to(self, kind: TargetKind) -> bool {
-        kind != TargetKind::Direct || matches!(self, Phase::Plaintext | Phase::Tls | Phase::RrPlaintext)
+        kind != TargetKind::Direct
+            || matches!(self, Phase::Plaintext | Phase::Tls | Phase::RrPlaintext | Phase::Connections)
     }
 }
 
@@ -104,7 +109,11 @@ pub async fn measure(
         }
         Phase::Handshakes => vec![(
             Metric::HandshakesPerSecond,
-            load::handshakes(connector, addr, options.concurrency, time).await?,
+            load::connections(connector, addr, Security::Mesh, options.concurrency, time).await?,
+        )],
+        Phase::Connections => vec![(
+            Metric::ConnectionsPerSecond,
+            load::connections(connector, addr, Security::Plain, options.concurrency, time).await?,
         )],
         Phase::IdlePlaintext | Phase::IdleMtls => unreachable!("handled above"),
     };
@@ -115,8 +124,15 @@ pub async fn measure(
         _ => None,
     };
     let mut figures = figures;
-    if let (Some(&(Metric::HandshakesPerSecond, rate)), Some((cpu, _))) = (figures.first(), cpu_percent) {
-        figures.push((Metric::HandshakesPerCpuSecond, rate / (cpu / 100.0).max(0.01)));
+    match (figures.first(), cpu_percent) {
+        (Some(&(Metric::HandshakesPerSecond, rate)), Some((cpu, _))) => {
+            figures.push((Metric::HandshakesPerCpuSecond, rate / (cpu / 100.0).max(0.01)));
+        }
+        (Some(&(Metric::ConnectionsPerSecond, rate)), Some((cpu, _))) => {
+            // core-ms per 1,000 connections = (cpu% / 100) * 1000 ms / rate * 1000
+            figures.push((Metric::CpuPerThousandConnectionsMs, cpu * 10_000.0 / rate.max(0.01)));
+        }
+        _ => {}
     }
     Ok(Measurement { figures, cpu_percent })
 }

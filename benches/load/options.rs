@@ -27,6 +27,10 @@ pub struct Options {
     /// The peerguard binary under test (`cargo build --release` makes it).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/peerguard"))]
     pub peerguard: PathBuf,
+    /// A policy file for peerguard instead of the built-in one (namespace `bench`, workload
+    /// `app=bench`), e.g. with AuthorizationPolicies, to compare runs with and without.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     /// Leave HAProxy out even when `haproxy` is on PATH.
     #[arg(long)]
     pub no_haproxy: bool,
@@ -69,4 +73,6 @@ pub enum Phase {
     RrMtls,
     /// Full mTLS handshakes (no resumption) from concurrent clients.
     Handshakes,
+    /// New plaintext connections (connect, one echoed byte, close) from concurrent clients.
+    Connections,
 }

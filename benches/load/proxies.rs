@@ -72,14 +72,24 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Starts `binary run` in front of `app`. Access logs are off (`PEERGUARD_LOG=warn`), as
 /// HAProxy's are in its config; stderr goes to `dir/peerguard.log`.
-pub fn start_peerguard(binary: &Path, dir: &Path, pki: &Pki, app: SocketAddr) -> anyhow::Result<Proxy> {
+/// `policy` replaces the built-in one (a PERMISSIVE namespace) when given.
+pub fn start_peerguard(
+    binary: &Path,
+    policy_file: Option<&Path>,
+    dir: &Path,
+    pki: &Pki,
+    app: SocketAddr,
+) -> anyhow::Result<Proxy> {
     anyhow::ensure!(
         binary.is_file(),
         "{} not found: run `cargo build --release` first (or pass --peerguard PATH)",
         binary.display()
     );
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY)?;
+    match policy_file {
+        Some(file) => std::fs::copy(file, &policy).map(drop)?,
+        None => std::fs::write(&policy, POLICY)?,
+    }
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let mut command = pinned(binary);
     command

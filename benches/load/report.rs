@@ -49,7 +49,7 @@ const fn row(label: &'static str, metric: Metric, decimals: usize, goal: Option<
     }
 }
 
-const ROWS: [Row; 13] = [
+const ROWS: [Row; 15] = [
     row(
         "plaintext passthrough, 1 conn streaming (Gbit/s)",
         Metric::PlaintextGbps,
@@ -121,6 +121,18 @@ const ROWS: [Row; 13] = [
         Metric::HandshakesPerCpuSecond,
         0,
         Some(Goal::OfHaproxy(5.0)),
+    ),
+    row(
+        "new plaintext connections per second (concurrent clients: see header)",
+        Metric::ConnectionsPerSecond,
+        0,
+        None,
+    ),
+    row(
+        "proxy CPU per 1,000 new plaintext connections (core-ms, lower is better)",
+        Metric::CpuPerThousandConnectionsMs,
+        1,
+        None,
     ),
     row(
         "memory per idle plaintext connection (KiB, lower is better)",
