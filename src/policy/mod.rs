@@ -70,7 +70,8 @@ pub struct Workload {
 pub struct PortPolicy {
     pub port: u16,
     pub mode: MtlsMode,
-    /// `None`: no policy sets a mode, so the built-in default holds.
+    /// `None`: no policy sets a mode, so the default holds: PERMISSIVE, or DISABLE where the
+    /// legacy era holds (docs/policy.md#legacy-formats).
     pub source: Option<PolicySource>,
     /// Whether standard HTTP ALPNs count as mesh markers; only ever true on PERMISSIVE ports.
     pub http_alpn: bool,
@@ -117,9 +118,6 @@ pub enum PolicyLevel {
     LegacyService,
     /// An Istio 0.3 `auth.istio.io/<port>` annotation on a Service that selects the workload.
     ServiceAnnotation,
-    /// Legacy documents apply to the workload but none covers this port: plaintext only, as in
-    /// Istio 1.1-1.4. The source is the legacy document that made the workload legacy.
-    LegacyUncovered,
 }
 
 impl PolicyLevel {
@@ -133,7 +131,6 @@ impl PolicyLevel {
             PolicyLevel::LegacyNamespace => "legacy_namespace",
             PolicyLevel::LegacyService => "legacy_service",
             PolicyLevel::ServiceAnnotation => "service_annotation",
-            PolicyLevel::LegacyUncovered => "legacy_uncovered",
         }
     }
 }

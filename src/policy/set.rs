@@ -104,11 +104,22 @@ impl PolicySet {
             Some(legacy) => legacy.resolve(port),
             None => PortPolicy {
                 port,
-                mode: MtlsMode::Permissive,
+                mode: if self.describes_legacy_mesh() {
+                    MtlsMode::Disable
+                } else {
+                    MtlsMode::Permissive
+                },
                 source: None,
                 http_alpn: false,
             },
         }
+    }
+
+    /// Whether the set describes an Istio 1.1-1.4 mesh: legacy documents and no
+    /// PeerAuthentication at all. There a workload no policy covers accepted plaintext only.
+    fn describes_legacy_mesh(&self) -> bool {
+        let legacy = !self.legacy_policies.is_empty() || self.services.iter().any(|s| !s.annotated.is_empty());
+        legacy && self.peer_authentications.is_empty()
     }
 
     /// The app protocol of one workload port: `overrides` (`--app-protocol`) first, then the
