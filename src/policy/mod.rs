@@ -6,6 +6,7 @@
 //! - `parse`: YAML/JSON text (+ source name) -> validated documents; `node` walks values with
 //!   field paths; `document` holds what every kind shares.
 //! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
+//! - `destination_rule`: DestinationRule, the client side of mTLS, and `tls-check`'s pairs.
 //! - `authorization`: AuthorizationPolicy: validation, selection, compiled rules, the verdict.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
@@ -13,6 +14,7 @@
 //! - `error`: the operator-facing errors and warnings.
 
 pub mod authorization;
+pub mod destination_rule;
 mod document;
 mod error;
 mod legacy;
