@@ -40,6 +40,8 @@ pub use ports::{ResolvedPort, WorkloadPorts};
 pub use protocol::{parse_override, AppProtocol, ConflictingOverride, PortProtocol, ProtocolOverrides};
 pub use set::{Loaded, PolicySet};
 
+pub(crate) use node::parse_port;
+
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
