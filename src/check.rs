@@ -291,6 +291,9 @@ fn text(
         let _ = writeln!(out, "\n{port}: {}", report.mode.as_str());
         let set_by = match &report.source {
             Some(source) => format!("{source} ({}: {})", source.level.as_str(), level_in_words(source.level)),
+            None if report.mode == MtlsMode::Disable => "no policy (the policy set is legacy, Istio 1.1-1.4, where \
+                 a port no policy covers accepts plaintext only)"
+                .to_string(),
             None => "no policy (PERMISSIVE is the default)".to_string(),
         };
         let _ = writeln!(out, "  set by:     {set_by}");
@@ -389,9 +392,6 @@ fn level_in_words(level: PolicyLevel) -> &'static str {
         PolicyLevel::LegacyNamespace => "legacy namespace-wide policy",
         PolicyLevel::LegacyService => "legacy policy targeting a Service of this workload",
         PolicyLevel::ServiceAnnotation => "Istio 0.3 auth.istio.io annotation on a Service of this workload",
-        PolicyLevel::LegacyUncovered => {
-            "legacy policies apply to this workload but none covers this port, so it accepts plaintext only"
-        }
     }
 }
 

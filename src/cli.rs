@@ -27,6 +27,9 @@ pub enum Command {
     /// Show the effective mTLS mode and app protocol of a workload's ports, and what a described
     /// connection gets, and who may connect.
     Check(Box<CheckArgs>),
+    /// For a client namespace and Service ports: which DestinationRule sets the client's TLS,
+    /// which policy sets the server's mode, and whether they agree (istioctl's authn tls-check).
+    TlsCheck(TlsCheckArgs),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
     /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
@@ -199,6 +202,33 @@ pub struct CheckArgs {
     pub trust_domain: String,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TlsCheckArgs {
+    /// A policy file or directory: Services, DestinationRules and the servers' policies.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The namespace of the calling client.
+    #[arg(long)]
+    pub client_namespace: String,
+    /// A Service host (`name.namespace.svc.cluster.local`) and, optionally, one of its ports;
+    /// every Service port of the policy set without it.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: Option<String>,
+    /// Whether clients without TLS settings use auto mTLS (Istio 1.5 and later), or send
+    /// plaintext (Istio 1.1-1.4).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub auto_mtls: bool,
+    /// The mesh root namespace: its policies without a selector are mesh-wide, and its
+    /// exported DestinationRules are the last pool searched.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Also say why: which policy and workload port, which pool, host and port entry.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, Args)]

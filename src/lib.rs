@@ -32,3 +32,4 @@ pub mod policy;
 mod reload;
 pub mod store;
 pub mod tls;
+pub mod tls_check;

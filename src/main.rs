@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             run(&args)
         }
         Command::Check(args) => peerguard::check::run(&args),
+        Command::TlsCheck(args) => peerguard::tls_check::run(&args),
         Command::Demo(args) => {
             init_tracing(LogFormat::Text);
             report(peerguard::demo::run(&args))

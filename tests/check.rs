@@ -226,7 +226,7 @@ fn istio_1_1_httpbin_in_bar_accepts_plaintext_on_ports_its_port_1234_policy_does
         json!({"port": 80, "mode": "DISABLE", "http_alpn": false, "action": "passthrough", "reason": "passthrough_disabled",
                "protocol": {"protocol": "http1", "source": "Service bar/httpbin port 8000 (name http)"},
                "negotiated_alpn": null,
-               "source": {"kind": "Policy", "namespace": "bar", "name": "httpbin", "level": "legacy_uncovered"}})
+               "source": null})
     );
 }
 
@@ -243,7 +243,8 @@ fn the_istio_0_3_annotation_disables_mtls_on_the_mapped_container_port() {
     assert_eq!(rows[0]["port"], 80);
     assert_eq!(rows[0]["mode"], "DISABLE");
     assert_eq!(rows[0]["source"]["level"], "service_annotation");
-    assert_eq!(rows[1]["source"]["level"], "legacy_uncovered");
+    assert_eq!(rows[1]["mode"], "DISABLE");
+    assert_eq!(rows[1]["source"], json!(null));
 }
 
 #[test]

@@ -64,7 +64,10 @@ impl Phase {
     /// Whether the phase means anything without a proxy (mTLS needs one to terminate it).
     pub fn applies_to(self, kind: TargetKind) -> bool {
         kind != TargetKind::Direct
-            || matches!(self, Phase::Plaintext | Phase::Tls | Phase::RrPlaintext | Phase::Connections)
+            || matches!(
+                self,
+                Phase::Plaintext | Phase::Tls | Phase::RrPlaintext | Phase::Connections
+            )
     }
 }
 

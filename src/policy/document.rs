@@ -17,6 +17,7 @@ pub(crate) enum Kind {
     MeshPolicy,
     Policy,
     Service,
+    DestinationRule,
 }
 
 impl Kind {
@@ -33,6 +34,10 @@ impl Kind {
             ("authentication.istio.io/v1alpha1", "MeshPolicy") => Some(Kind::MeshPolicy),
             ("authentication.istio.io/v1alpha1", "Policy") => Some(Kind::Policy),
             ("v1", "Service") => Some(Kind::Service),
+            (
+                "networking.istio.io/v1alpha3" | "networking.istio.io/v1beta1" | "networking.istio.io/v1",
+                "DestinationRule",
+            ) => Some(Kind::DestinationRule),
             _ => None,
         }
     }
@@ -44,6 +49,7 @@ impl Kind {
             Kind::MeshPolicy => "MeshPolicy",
             Kind::Policy => "Policy",
             Kind::Service => "Service",
+            Kind::DestinationRule => "DestinationRule",
         }
     }
 }

@@ -94,6 +94,8 @@ pub enum Problem {
     SelectorWithTargetRef,
     #[error("the dry-run annotation is only supported on ALLOW and DENY policies, not {action}")]
     DryRunOnAction { action: &'static str },
+    #[error("{value:?} is not a host: {reason}")]
+    BadHost { value: String, reason: &'static str },
     #[error("{value} is not an RFC 3339 time: {reason}")]
     BadTimestamp { value: String, reason: String },
 }

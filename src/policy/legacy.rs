@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::policy::document::Meta;
 use crate::policy::legacy_policy::{LegacyPolicy, DEFAULT_POLICY_NAME};
 use crate::policy::service::Service;
 use crate::policy::{MtlsMode, PolicyLevel, PolicySource, PortPolicy, Workload};
@@ -21,8 +20,6 @@ pub(crate) struct LegacyView<'a> {
     mesh: Option<&'a LegacyPolicy>,
     /// Annotated Services selecting the workload, in precedence order.
     annotated: Vec<&'a Service>,
-    /// The document that makes this workload legacy, named for ports no policy covers.
-    era: &'a Meta,
 }
 
 /// Which workload ports a targeted policy covers.
@@ -70,18 +67,12 @@ impl<'a> LegacyView<'a> {
         let mut annotated: Vec<&Service> = selecting.into_iter().filter(|s| !s.annotated.is_empty()).collect();
         annotated.sort_by(|a, b| a.meta.precedence().cmp(&b.meta.precedence()));
 
-        let era = targeted
-            .first()
-            .map(|(policy, _)| &policy.meta)
-            .or(annotated.first().map(|service| &service.meta))
-            .or(namespace_wide.map(|policy| &policy.meta))
-            .or(mesh.map(|policy| &policy.meta))?;
-        Some(LegacyView {
+        let applies = !targeted.is_empty() || !annotated.is_empty() || namespace_wide.is_some() || mesh.is_some();
+        applies.then_some(LegacyView {
             targeted,
             namespace_wide,
             mesh,
             annotated,
-            era,
         })
     }
 
@@ -103,16 +94,16 @@ impl<'a> LegacyView<'a> {
                 Some((*mode, PolicySource::of(&service.meta, PolicyLevel::ServiceAnnotation)))
             })
         };
-        let (mode, source) = from_policy.or_else(from_annotation).unwrap_or_else(|| {
-            (
-                MtlsMode::Disable,
-                PolicySource::of(self.era, PolicyLevel::LegacyUncovered),
-            )
-        });
+        // No policy sets the mode of a port none covers: DISABLE is the era's default, so the
+        // source is `None`, as for the modern default (istioctl's tls-check showed `-` there).
+        let (mode, source) = match from_policy.or_else(from_annotation) {
+            Some((mode, source)) => (mode, Some(source)),
+            None => (MtlsMode::Disable, None),
+        };
         PortPolicy {
             port,
             mode,
-            source: Some(source),
+            source,
             http_alpn: false,
         }
     }

@@ -45,10 +45,10 @@ fn the_most_specific_legacy_policy_replaces_the_others() {
             expect: (Permissive, "MeshPolicy default legacy_mesh"),
         },
         Case {
-            name: "a MeshPolicy not named default is ignored",
+            name: "a MeshPolicy not named default is ignored, leaving the legacy default",
             documents: vec![legacy("MeshPolicy", "", "other", MTLS)],
             port: 80,
-            expect: (Permissive, ""),
+            expect: (Disable, ""),
         },
         Case {
             name: "the namespace policy replaces the mesh policy, without inheriting from it",
@@ -118,22 +118,22 @@ fn the_most_specific_legacy_policy_replaces_the_others() {
                 ),
             ],
             port: 80,
-            expect: (Disable, "Policy bar/httpbin legacy_uncovered"),
+            expect: (Disable, ""),
         },
         Case {
-            name: "a policy targeting a Service that does not select the workload does not apply",
+            name: "a policy targeting a Service that does not select the workload leaves it to the legacy default",
             documents: vec![
                 httpbin_service("bar", "{}"),
                 policy("bar", "sleep", "{targets: [{name: sleep}], peers: [{mtls: {}}]}"),
             ],
             port: 80,
-            expect: (Permissive, ""),
+            expect: (Disable, ""),
         },
         Case {
-            name: "legacy policies of other namespaces do not apply",
+            name: "legacy policies of other namespaces do not apply, but make the set a 1.1-1.4 mesh: DISABLE",
             documents: vec![policy("foo", "default", MTLS)],
             port: 80,
-            expect: (Permissive, ""),
+            expect: (Disable, ""),
         },
     ]);
 }
@@ -157,7 +157,7 @@ fn the_istio_0_3_annotation_applies_when_no_v1alpha1_policy_does() {
             name: "other ports of an annotated workload are uncovered",
             documents: vec![httpbin_service("bar", "{auth.istio.io/8000: MUTUAL_TLS}")],
             port: 9090,
-            expect: (Disable, "Service bar/httpbin legacy_uncovered"),
+            expect: (Disable, ""),
         },
         Case {
             name: "INHERIT has no opinion",
@@ -172,19 +172,28 @@ fn the_istio_0_3_annotation_applies_when_no_v1alpha1_policy_does() {
             expect: (Strict, "MeshPolicy default legacy_mesh"),
         },
         Case {
-            name: "a Service that does not select the workload has no say",
+            name: "a Service that does not select the workload has no say, beyond making the mesh legacy",
             documents: vec![service(
                 "bar",
                 "sleep",
-                "{auth.istio.io/80: NONE}",
+                "{auth.istio.io/80: MUTUAL_TLS}",
                 "{selector: {app: sleep}, ports: [{port: 80}]}",
             )],
             port: 80,
-            expect: (Permissive, ""),
+            expect: (Disable, ""),
         },
         Case {
-            name: "a Service in another namespace has no say",
-            documents: vec![httpbin_service("foo", "{auth.istio.io/8000: NONE}")],
+            name: "a Service in another namespace has no say, beyond making the mesh legacy",
+            documents: vec![httpbin_service("foo", "{auth.istio.io/8000: MUTUAL_TLS}")],
+            port: 80,
+            expect: (Disable, ""),
+        },
+        Case {
+            name: "legacy documents elsewhere in a set with any PeerAuthentication leave the modern default",
+            documents: vec![
+                policy("foo", "default", MTLS),
+                peer("foo", "default", "{mtls: {mode: STRICT}}"),
+            ],
             port: 80,
             expect: (Permissive, ""),
         },

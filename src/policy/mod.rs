@@ -6,6 +6,7 @@
 //! - `parse`: YAML/JSON text (+ source name) -> validated documents; `node` walks values with
 //!   field paths; `document` holds what every kind shares.
 //! - `peer_authentication`, `legacy_policy`, `service`: one understood kind each.
+//! - `destination_rule`: DestinationRule, the client side of mTLS, and `tls-check`'s pairs.
 //! - `authorization`: AuthorizationPolicy: validation, selection, compiled rules, the verdict.
 //! - `resolve`: modern PeerAuthentication resolution (mesh -> namespace -> workload -> port).
 //! - `legacy`: v1alpha1 MeshPolicy/Policy and the Istio 0.3 Service annotation.
@@ -13,6 +14,7 @@
 //! - `error`: the operator-facing errors and warnings.
 
 pub mod authorization;
+pub mod destination_rule;
 mod document;
 mod error;
 mod legacy;
@@ -37,6 +39,8 @@ pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
 pub use ports::{ResolvedPort, WorkloadPorts};
 pub use protocol::{parse_override, AppProtocol, ConflictingOverride, PortProtocol, ProtocolOverrides};
 pub use set::{Loaded, PolicySet};
+
+pub(crate) use node::parse_port;
 
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -70,7 +74,8 @@ pub struct Workload {
 pub struct PortPolicy {
     pub port: u16,
     pub mode: MtlsMode,
-    /// `None`: no policy sets a mode, so the built-in default holds.
+    /// `None`: no policy sets a mode, so the default holds: PERMISSIVE, or DISABLE where the
+    /// legacy era holds (docs/policy.md#legacy-formats).
     pub source: Option<PolicySource>,
     /// Whether standard HTTP ALPNs count as mesh markers; only ever true on PERMISSIVE ports.
     pub http_alpn: bool,
@@ -117,9 +122,6 @@ pub enum PolicyLevel {
     LegacyService,
     /// An Istio 0.3 `auth.istio.io/<port>` annotation on a Service that selects the workload.
     ServiceAnnotation,
-    /// Legacy documents apply to the workload but none covers this port: plaintext only, as in
-    /// Istio 1.1-1.4. The source is the legacy document that made the workload legacy.
-    LegacyUncovered,
 }
 
 impl PolicyLevel {
@@ -133,7 +135,6 @@ impl PolicyLevel {
             PolicyLevel::LegacyNamespace => "legacy_namespace",
             PolicyLevel::LegacyService => "legacy_service",
             PolicyLevel::ServiceAnnotation => "service_annotation",
-            PolicyLevel::LegacyUncovered => "legacy_uncovered",
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::policy::authorization::model::AuthorizationPolicy;
+use crate::policy::destination_rule::DestinationRule;
 use crate::policy::document::{FieldWarning, Kind, Meta};
 use crate::policy::error::{DocumentRef, PolicyError, PolicyWarning};
 use crate::policy::legacy_policy::LegacyPolicy;
@@ -21,6 +22,7 @@ pub(crate) enum Document {
     Authorization(AuthorizationPolicy),
     Legacy(LegacyPolicy),
     Service(Service),
+    DestinationRule(DestinationRule),
 }
 
 impl Document {
@@ -30,6 +32,7 @@ impl Document {
             Document::Authorization(policy) => &policy.meta,
             Document::Legacy(policy) => &policy.meta,
             Document::Service(service) => &service.meta,
+            Document::DestinationRule(rule) => &rule.meta,
         }
     }
 }
@@ -39,7 +42,7 @@ impl Document {
 pub(crate) struct Parsed {
     pub documents: Vec<Document>,
     pub warnings: Vec<PolicyWarning>,
-    /// Documents of kinds peerguard does not read (Deployments, DestinationRules, ...).
+    /// Documents of kinds peerguard does not read (Deployments, VirtualServices, ...).
     pub skipped: usize,
 }
 
@@ -197,6 +200,7 @@ fn read_kind(kind: Kind, root: &Node, at: &mut DocumentRef, warnings: &mut Vec<F
         Kind::AuthorizationPolicy => Document::Authorization(AuthorizationPolicy::parse(root, meta, warnings)?),
         Kind::MeshPolicy | Kind::Policy => Document::Legacy(LegacyPolicy::parse(root, meta, warnings)?),
         Kind::Service => Document::Service(Service::parse(root, meta, warnings)?),
+        Kind::DestinationRule => Document::DestinationRule(DestinationRule::parse(root, meta)?),
     })
 }
 

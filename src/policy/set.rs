@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::authorization::model::AuthorizationPolicy;
 use crate::policy::authorization::Authorizer;
+use crate::policy::destination_rule::DestinationRule;
 use crate::policy::error::{Concern, PolicyError, PolicyWarning};
 use crate::policy::legacy::LegacyView;
 use crate::policy::legacy_policy::LegacyPolicy;
@@ -23,6 +24,7 @@ pub struct PolicySet {
     authorization_policies: Vec<AuthorizationPolicy>,
     legacy_policies: Vec<LegacyPolicy>,
     services: Vec<Service>,
+    destination_rules: Vec<DestinationRule>,
 }
 
 /// The result of a successful load.
@@ -82,6 +84,7 @@ impl PolicySet {
                 Document::Authorization(policy) => set.authorization_policies.push(policy),
                 Document::Legacy(policy) => set.legacy_policies.push(policy),
                 Document::Service(service) => set.services.push(service),
+                Document::DestinationRule(rule) => set.destination_rules.push(rule),
             }
         }
         Ok(Loaded {
@@ -104,11 +107,22 @@ impl PolicySet {
             Some(legacy) => legacy.resolve(port),
             None => PortPolicy {
                 port,
-                mode: MtlsMode::Permissive,
+                mode: if self.describes_legacy_mesh() {
+                    MtlsMode::Disable
+                } else {
+                    MtlsMode::Permissive
+                },
                 source: None,
                 http_alpn: false,
             },
         }
+    }
+
+    /// Whether the set describes an Istio 1.1-1.4 mesh: legacy documents and no
+    /// PeerAuthentication at all. There a workload no policy covers accepted plaintext only.
+    fn describes_legacy_mesh(&self) -> bool {
+        let legacy = !self.legacy_policies.is_empty() || self.services.iter().any(|s| !s.annotated.is_empty());
+        legacy && self.peer_authentications.is_empty()
     }
 
     /// The app protocol of one workload port: `overrides` (`--app-protocol`) first, then the
@@ -122,6 +136,14 @@ impl PolicySet {
     /// written in `cluster.local` are read in it.
     pub fn authorizer(&self, workload: &Workload, trust_domain: &str) -> Authorizer {
         Authorizer::new(&self.authorization_policies, workload, trust_domain)
+    }
+
+    pub(crate) fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub(crate) fn destination_rules(&self) -> &[DestinationRule] {
+        &self.destination_rules
     }
 
     /// Whether the set holds any AuthorizationPolicy at all.
