@@ -3,7 +3,7 @@
 //! piece; [`DataPath::stages`] puts them together, so one function says why a connection ended.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -19,7 +19,6 @@ use crate::inbound::classify::{classify, Classified, ClassifyError, SniffLimits,
 use crate::inbound::cut::Cut;
 use crate::inbound::decide::{decide, reads_first_bytes};
 use crate::inbound::forward::forward;
-use crate::inbound::listener::Target;
 use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
@@ -221,6 +220,16 @@ async fn replay<W: AsyncWrite + Unpin>(upstream: &mut W, prefix: &[u8]) -> Resul
         tracing::debug!(error = %e, "replaying the first bytes to the app failed");
         Reason::UpstreamReplayFailed
     })
+}
+
+/// Where a connection goes, and the address it was sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// The app; the workload port is its port.
+    pub app: SocketAddr,
+    /// The destination the client dialled: the original destination, or the listener's
+    /// address; `None` for a wildcard listener (asked of the socket only when needed).
+    pub destination: Option<IpAddr>,
 }
 
 /// Who a connection is from and to, for authorization.

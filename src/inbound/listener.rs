@@ -1,7 +1,7 @@
 //! The accept loop: a connection cap that pauses accepting, one task per connection, and a
 //! shutdown signal that closes the listener while open connections carry on.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::AppHost;
-use crate::inbound::connection::DataPath;
+use crate::inbound::connection::{DataPath, Target};
 use crate::metrics::Metrics;
 use crate::net;
 use crate::outcome::record::{Ended, Record};
@@ -83,16 +83,6 @@ impl Listener {
             });
         }
     }
-}
-
-/// Where a connection goes, and the address it was sent to.
-#[derive(Debug, Clone, Copy)]
-pub struct Target {
-    /// The app; the workload port is its port.
-    pub app: SocketAddr,
-    /// The destination the client dialled: the original destination, or the listener's
-    /// address; `None` for a wildcard listener (asked of the socket only when needed).
-    pub destination: Option<IpAddr>,
 }
 
 /// Where a connection goes, or `Err(port)` when its original destination is peerguard itself.
