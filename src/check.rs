@@ -4,8 +4,9 @@
 //! It resolves with the same `PolicySet::resolve` and decides with the same `decide` as the
 //! proxy, so the report cannot drift from the behaviour.
 //!
-//! Text output is for pasting into a ticket. JSON output is an array with one object per port,
-//! the last one for "all other ports" (`port: null`):
+//! Text output is for pasting into a ticket. JSON output is `{"workload": {...}, "ports": [...]}`:
+//! the workload the policy was resolved for, and one object per port, the last one for "all
+//! other ports" (`port: null`):
 //! `{"port", "mode", "source": {"kind", "namespace", "name", "level"} | null, "http_alpn",
 //! "protocol": {"protocol": "http1"|"http2"|"tcp"|"unknown", "source": text | null},
 //! "action", "reason", "negotiated_alpn"}`; `action` and `reason` are null unless a connection
@@ -230,7 +231,8 @@ fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
         .collect();
     Ok(match args.output {
         OutputFormat::Json => {
-            let mut json = serde_json::to_string_pretty(&reports).expect("a port report always serializes");
+            let answer = serde_json::json!({"workload": workload, "ports": reports});
+            let mut json = serde_json::to_string_pretty(&answer).expect("a port report always serializes");
             json.push('\n');
             json
         }
