@@ -188,6 +188,7 @@ fn check_and_tls_check_agree_on_the_server_side() {
                     port,
                 ],
             );
+            let checked = &checked["ports"];
             let source = &checked[0]["source"];
             let named = if source.is_null() {
                 "-".to_string()
