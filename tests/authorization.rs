@@ -194,9 +194,20 @@ impl Setup {
 
 /// A TCP connection from `source` (a 127.0.0.x address) to `to`.
 async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::from(source), 0)).unwrap();
-    socket.connect(to).await.unwrap()
+    // Binding port 0 picks the source port before the destination is known, so the kernel can
+    // pick one whose 4-tuple to `to` is still in TIME_WAIT from an earlier test, and connect
+    // then fails with EADDRNOTAVAIL; another port does not.
+    let mut last_error = None;
+    for _ in 0..5 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(IpAddr::from(source), 0)).unwrap();
+        match socket.connect(to).await {
+            Ok(stream) => return stream,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => last_error = Some(e),
+            Err(e) => panic!("connecting from {source:?} to {to}: {e}"),
+        }
+    }
+    panic!("connecting from {source:?} to {to}: {last_error:?}")
 }
 
 /// Whether `message` comes back over `stream` (false when the proxy reset it).
