@@ -1,4 +1,4 @@
-//! STATUS: whether the client's TLS and the server's mode agree (PRODUCT.md §8.1), after Istio
+//! STATUS: whether the client's TLS and the server's mode agree (docs/tls-check.md), after Istio
 //! 1.4's `EvaluateTLSState`, except that with auto mTLS off a client without TLS settings is
 //! judged as the plaintext it sends (Istio 1.4 said OK there, and the traffic failed).
 

@@ -470,7 +470,7 @@ fn the_first_port_level_entry_for_the_service_port_replaces_the_top_level_tls() 
 }
 
 /// Mirrors Istio 1.4's `TestEvaluateTLSState` (pilot/pkg/proxy/envoy/v2/debug_test.go), except
-/// that with auto mTLS off a client without TLS is judged as plaintext (PRODUCT.md §8.1).
+/// that with auto mTLS off a client without TLS is judged as plaintext (docs/tls-check.md).
 #[test]
 fn status_is_ok_only_for_pairs_that_can_talk() {
     use MtlsMode::Disable as Off;
