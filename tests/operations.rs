@@ -581,3 +581,44 @@ async fn the_apps_probes_pass_through_the_health_port_while_its_strict_port_refu
         404
     );
 }
+
+#[tokio::test]
+async fn a_bulk_plaintext_flow_gets_a_kernel_pipe_and_gives_it_back_when_it_goes_quiet() {
+    let setup = Setup::new("ops-splice").await;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listen_to(app.local_addr().unwrap());
+    let proxy = Binary::start(&["--cert-dir", &setup.cert_dir, "--listen", &listen]).await;
+    let at_rest = proxy.pipes();
+    let mut client = TcpStream::connect(proxy.listen[0]).await.unwrap();
+    let (mut app_side, _) = app.accept().await.unwrap();
+
+    // 8 MiB towards an app that does not read yet: the direction carries bulk, so it moves
+    // through a pipe, and stalls with bytes in it.
+    let bulk: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = bulk.clone();
+    let writer = tokio::spawn(async move {
+        client.write_all(&sent).await.unwrap();
+        client
+    });
+    eventually("the bulk direction to hold a pipe (two descriptors)", || async {
+        (proxy.pipes() == at_rest + 2).then_some(())
+    })
+    .await;
+
+    let mut received = vec![0u8; bulk.len()];
+    app_side.read_exact(&mut received).await.unwrap();
+    assert!(received == bulk, "the app gets every byte, in order, through the pipe");
+    let mut client = writer.await.unwrap();
+    eventually("the quiet connection to give its pipe back", || async {
+        (proxy.pipes() == at_rest).then_some(())
+    })
+    .await;
+
+    client.write_all(b"still open, copied again").await.unwrap();
+    let mut after = [0u8; 24];
+    app_side.read_exact(&mut after).await.unwrap();
+    assert_eq!(
+        &after, b"still open, copied again",
+        "the connection goes on without its pipe"
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -18,7 +18,7 @@ use crate::config::Limits;
 use crate::inbound::classify::{classify, Classified, ClassifyError, SniffLimits, Sniffed};
 use crate::inbound::cut::Cut;
 use crate::inbound::decide::{decide, reads_first_bytes};
-use crate::inbound::forward::forward;
+use crate::inbound::forward::{forward, Endpoint};
 use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
@@ -189,10 +189,12 @@ impl DataPath {
     }
 
     /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
-    async fn forward_to_app<C>(&self, mut client: C, prefix: Vec<u8>, app: SocketAddr) -> Result<Transferred, Reason>
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn forward_to_app<C: Endpoint>(
+        &self,
+        mut client: C,
+        prefix: Vec<u8>,
+        app: SocketAddr,
+    ) -> Result<Transferred, Reason> {
         let source = net::upstream_source(app.ip());
         let mut upstream = net::connect_upstream(app, source, self.limits.connect_timeout)
             .await

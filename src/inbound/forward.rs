@@ -6,6 +6,9 @@
 //! buffer on the stack and writes it on at once; only bytes the destination cannot take yet are
 //! copied to the heap, and that spill is freed as soon as the direction goes quiet. An idle
 //! connection therefore holds no data buffer at all, and the common case allocates nothing.
+//!
+//! Between two plain sockets (passthrough), a direction whose read fills the whole chunk is
+//! carrying bulk: it switches to a kernel pipe (`splice`), and back when it goes quiet.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -15,8 +18,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::inbound::splice::Pipe;
 use crate::outcome::{End, Transferred};
 
 /// Bytes read per poll from one side: the per-direction buffer bound (docs/operating.md#limits).
@@ -25,11 +30,36 @@ pub const CHUNK: usize = 32 * 1024;
 /// Reads per direction before letting the other direction and other tasks run.
 const READS_PER_POLL: usize = 16;
 
-/// One direction's state. `spill` holds bytes read but not yet accepted by the destination.
+/// How long a connection must be quiet before its directions give their pipes back: long
+/// enough that a bulk flow's pauses keep its pipe, short enough that an idle connection holds
+/// none for long.
+const PIPE_LINGER: Duration = Duration::from_millis(500);
+
+/// One side of a forwarded connection. A plain TCP socket offers itself for splicing; a TLS
+/// stream, whose bytes must pass through rustls, does not.
+pub trait Endpoint: AsyncRead + AsyncWrite + Unpin {
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl Endpoint for TcpStream {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Endpoint for tokio_rustls::server::TlsStream<IO> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// One direction's state. `spill` holds bytes read but not yet accepted by the destination;
+/// `pipe` is there while the direction carries bulk between two sockets.
 #[derive(Default)]
 struct Direction {
     spill: Vec<u8>,
     spill_sent: usize,
+    pipe: Option<Pipe>,
     read_eof: bool,
     shut_down: bool,
     bytes: u64,
@@ -46,6 +76,13 @@ impl Direction {
         self.shut_down
     }
 
+    /// Gives the pipe back if it holds nothing (a stalled destination keeps its bytes).
+    fn release_empty_pipe(&mut self) {
+        if self.pipe.as_ref().is_some_and(Pipe::is_empty) {
+            self.pipe = None;
+        }
+    }
+
     /// Moves bytes from `src` to `dst` until one of them would block. `Ready(Ok)` once this
     /// direction has passed its EOF on; `moved` is set when any byte moved.
     fn poll_pump<R, W>(
@@ -57,8 +94,8 @@ impl Direction {
         moved: &mut bool,
     ) -> Poll<Result<(), (Side, io::Error)>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: Endpoint,
+        W: Endpoint,
     {
         for _ in 0..READS_PER_POLL {
             while self.spill_sent < self.spill.len() {
@@ -73,12 +110,20 @@ impl Direction {
             }
             self.spill.clear();
             self.spill_sent = 0;
+            if let (Some(pipe), Some(destination)) = (&mut self.pipe, dst.socket()) {
+                match pipe.poll_drain(cx, destination) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Destination, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
 
             if self.read_eof {
                 return match Pin::new(&mut *dst).poll_shutdown(cx) {
                     Poll::Ready(Ok(())) => {
                         self.shut_down = true;
                         self.spill = Vec::new();
+                        self.pipe = None;
                         Poll::Ready(Ok(()))
                     }
                     // The peer may already have gone; its half is finished either way.
@@ -91,6 +136,22 @@ impl Direction {
                 };
             }
 
+            if let (Some(pipe), Some(source)) = (&mut self.pipe, src.socket()) {
+                match pipe.poll_fill(cx, source) {
+                    // A bulk flow is dry between its writes all the time; the pipe stays until
+                    // the connection has been quiet for PIPE_LINGER (`poll_idle`).
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Source, e))),
+                    Poll::Ready(Ok(0)) => self.read_eof = true,
+                    Poll::Ready(Ok(n)) => {
+                        *moved = true;
+                        self.bytes += n as u64;
+                    }
+                }
+                continue;
+            }
+
+            let chunk = scratch.len();
             let mut buf = ReadBuf::uninit(scratch);
             match Pin::new(&mut *src).poll_read(cx, &mut buf) {
                 Poll::Pending => {
@@ -112,6 +173,11 @@ impl Direction {
             }
             *moved = true;
             self.bytes += data.len() as u64;
+            if data.len() == chunk {
+                // Bulk. The pipe is filled only once the spill below has gone out, so the
+                // order of the bytes holds.
+                self.splice_if_possible(src, dst);
+            }
             let mut written = 0;
             while written < data.len() {
                 match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
@@ -132,6 +198,18 @@ impl Direction {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+
+    /// A read filled the whole chunk: bulk. Between two sockets, move the rest through a pipe.
+    fn splice_if_possible<R: Endpoint, W: Endpoint>(&mut self, src: &R, dst: &W) {
+        if src.socket().is_none() || dst.socket().is_none() {
+            return;
+        }
+        match Pipe::new() {
+            Ok(pipe) => self.pipe = Some(pipe),
+            // Out of descriptors or pipe memory: copying still works.
+            Err(e) => tracing::debug!(error = %e, "no pipe for splicing; copying instead"),
+        }
+    }
 }
 
 /// Copies `client` <-> `app` until both directions end, one of them fails, nothing moves for
@@ -144,8 +222,8 @@ pub async fn forward<C, A>(
     cut: impl Future<Output = ()>,
 ) -> Transferred
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    A: AsyncRead + AsyncWrite + Unpin,
+    C: Endpoint,
+    A: Endpoint,
 {
     tokio::pin!(cut);
     let mut to_app = Direction::default();
@@ -184,7 +262,18 @@ where
         if moved {
             last_activity = Instant::now();
         }
-        poll_idle(cx, idle.as_mut(), last_activity, idle_timeout)
+        let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
+        if holds_pipe && idle.deadline() > last_activity + PIPE_LINGER {
+            // A pipe was just made: wake in time to give it back.
+            idle.as_mut().reset(last_activity + PIPE_LINGER);
+        }
+        poll_idle(
+            cx,
+            idle.as_mut(),
+            last_activity,
+            idle_timeout,
+            [&mut to_app, &mut to_client],
+        )
     })
     .await;
 
@@ -195,19 +284,36 @@ where
     }
 }
 
-/// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`.
+/// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`. On the way, once
+/// the connection has been quiet for PIPE_LINGER, the directions give their empty pipes back;
+/// the timer is re-armed lazily, for the pipes while any is held, else for the idle timeout.
 fn poll_idle(
     cx: &mut Context<'_>,
     mut idle: Pin<&mut Sleep>,
     last_activity: Instant,
     idle_timeout: Duration,
+    mut directions: [&mut Direction; 2],
 ) -> Poll<End> {
     while idle.as_mut().poll(cx).is_ready() {
-        let deadline = last_activity + idle_timeout;
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= last_activity + idle_timeout {
             return Poll::Ready(End::IdleTimeout);
         }
-        idle.as_mut().reset(deadline);
+        if now >= last_activity + PIPE_LINGER {
+            directions
+                .iter_mut()
+                .for_each(|direction| direction.release_empty_pipe());
+        }
+        let holds_pipe = directions.iter().any(|direction| direction.pipe.is_some());
+        let next = if holds_pipe && now < last_activity + PIPE_LINGER {
+            last_activity + PIPE_LINGER
+        } else if holds_pipe {
+            // Still holding bytes for a stalled destination: look again a linger later.
+            now + PIPE_LINGER
+        } else {
+            last_activity + idle_timeout
+        };
+        idle.as_mut().reset(next.min(last_activity + idle_timeout));
     }
     Poll::Pending
 }

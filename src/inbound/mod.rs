@@ -5,6 +5,7 @@
 //! - `decide`: (mode, `Sniffed`, ALPN rules) -> `Action` and `Reason`; pure.
 //! - `terminate`: rustls handshake, peer SPIFFE identity.
 //! - `forward`: connect to the app, copy both ways, half-close.
+//! - `splice`: a bulk direction between two sockets moves through a kernel pipe.
 //! - `prefixed`: replay of the bytes read while classifying.
 //! - `cut`: what ends the connections a drain leaves open.
 
@@ -15,4 +16,5 @@ pub mod decide;
 mod forward;
 pub(crate) mod listener;
 pub mod prefixed;
+mod splice;
 pub mod terminate;

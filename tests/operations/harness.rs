@@ -233,6 +233,14 @@ impl Binary {
         }
     }
 
+    /// The process's kernel pipes: its descriptors that are pipes (stderr among them).
+    pub fn pipes(&self) -> usize {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).expect("the proxy's /proc/PID/fd");
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+            .count()
+    }
+
     /// The next log line, within the deadline.
     pub async fn next_log_line(&mut self) -> Value {
         match tokio::time::timeout(DEADLINE, self.log.recv()).await {
