@@ -173,7 +173,7 @@ fn header(options: &Options, load_before: &str) -> String {
          - HAProxy: {}{}\n\
          - nginx: {}{}\n\
          - rustls ceiling: a minimal tokio-rustls server (this harness re-executed), pinned to core {}\n\
-         - access log runs: peerguard's stderr appended to a file in {} (text, and `--log-format json`)\n\
+         - access log runs: peerguard's stderr written to a file in {} (text, and `--log-format json`)\n\
          - {} run(s), {} s per timed phase, {} idle connections, {} handshake/connection clients, \
          {} request/response connections; medians of runs\n",
         command.join(" "),

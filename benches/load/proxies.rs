@@ -115,7 +115,7 @@ impl AccessLog {
     }
 }
 
-/// Starts `binary run` in front of `app`, its stderr (where the access log goes) appended to a
+/// Starts `binary run` in front of `app`, its stderr (where the access log goes) written to a
 /// file in `dir`, as a container runtime ships a sidecar's stderr to a file.
 /// `policy` replaces the built-in one (a PERMISSIVE namespace) when given.
 pub fn start_peerguard(
