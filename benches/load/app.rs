@@ -55,7 +55,7 @@ async fn handle(stream: TcpStream, acceptor: TlsAcceptor) -> io::Result<()> {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> io::Result<()> {
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> io::Result<()> {
     match stream.read_u8().await? {
         SINK => {
             let mut buf = vec![0u8; SINK_BUFFER];

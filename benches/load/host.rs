@@ -1,7 +1,8 @@
 //! The machine and its processes: CPU pinning and file-descriptor limits (through `taskset`
-//! and `prlimit`, so the harness needs no unsafe code), machine facts for the report, and a
-//! process's RSS and CPU time from /proc.
+//! and `prlimit`, so the harness needs no unsafe code), machine facts for the report, whether
+//! a port listens, and a process's (with its workers') RSS and CPU time from /proc.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -70,10 +71,28 @@ pub fn load_average() -> String {
     loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// A process to watch: its resident memory and its CPU use over a phase.
+/// Whether a TCP socket listens on `addr` (an IPv4 loopback address), from /proc/net/tcp, so
+/// that a proxy's readiness is known without connecting to it.
+pub fn listening(addr: SocketAddr) -> anyhow::Result<bool> {
+    let SocketAddr::V4(v4) = addr else {
+        anyhow::bail!("{addr}: the harness listens on IPv4 only");
+    };
+    // The kernel prints the address as the u32 in host (little-endian) order, then the port.
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN)
+    }))
+}
+
+/// A process to watch: its resident memory and its CPU use over a phase; for a proxy, with the
+/// worker processes it forked (nginx's master and worker).
 #[derive(Debug, Clone, Copy)]
 pub struct Watched {
-    pub pid: u32,
+    pid: u32,
+    with_workers: bool,
 }
 
 /// CPU time used so far, and when that was read.
@@ -86,37 +105,95 @@ pub struct CpuMark {
 const TICKS_PER_SECOND: f64 = 100.0;
 
 impl Watched {
-    /// VmRSS in KiB.
+    /// A proxy: the process and every process it forked.
+    pub fn proxy(pid: u32) -> Watched {
+        Watched {
+            pid,
+            with_workers: true,
+        }
+    }
+
+    /// This harness alone (the load generator and the app), not the proxies it started.
+    pub fn this_process() -> Watched {
+        Watched {
+            pid: std::process::id(),
+            with_workers: false,
+        }
+    }
+
+    /// The process, and its descendants when they count.
+    fn family(self) -> Vec<u32> {
+        let mut family = vec![self.pid];
+        if self.with_workers {
+            family.extend(self.descendants());
+        }
+        family
+    }
+
+    /// Every process below this one, from /proc/PID/task/TID/children; empty once it is gone.
+    pub fn descendants(self) -> Vec<u32> {
+        let mut found = Vec::new();
+        let mut next = vec![self.pid];
+        while let Some(pid) = next.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    found.push(child);
+                    next.push(child);
+                }
+            }
+        }
+        found
+    }
+
+    /// VmRSS in KiB, summed over the process and its workers.
     pub fn rss_kib(self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {}", self.pid))
+        self.family().into_iter().map(rss_kib_of).sum()
     }
 
     pub fn cpu_mark(self) -> anyhow::Result<CpuMark> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<u64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        anyhow::ensure!(fields.len() == 2, "unreadable /proc/{}/stat", self.pid);
+        let ticks = self
+            .family()
+            .into_iter()
+            .map(cpu_ticks_of)
+            .sum::<anyhow::Result<u64>>()?;
         Ok(CpuMark {
-            ticks: fields[0] + fields[1],
+            ticks,
             at: Instant::now(),
         })
     }
 
-    /// Share of one core used since `since`, in percent.
-    pub fn cpu_percent(self, since: &CpuMark) -> anyhow::Result<f64> {
+    /// CPU time used since `since` (all cores), in seconds, and the wall time that took.
+    pub fn cpu_since(self, since: &CpuMark) -> anyhow::Result<(f64, Duration)> {
         let now = self.cpu_mark()?;
         let wall = now.at.duration_since(since.at).max(Duration::from_millis(1));
-        Ok((now.ticks - since.ticks) as f64 / TICKS_PER_SECOND / wall.as_secs_f64() * 100.0)
+        Ok((now.ticks.saturating_sub(since.ticks) as f64 / TICKS_PER_SECOND, wall))
     }
+}
+
+fn rss_kib_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// User and system CPU time of one process, in clock ticks.
+fn cpu_ticks_of(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    anyhow::ensure!(fields.len() == 2, "unreadable /proc/{pid}/stat");
+    Ok(fields[0] + fields[1])
 }

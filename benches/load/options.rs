@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// Whole-proxy load: the app direct, through peerguard and through HAProxy, in one run.
+/// Whole-proxy load: the app direct, through peerguard, HAProxy and nginx, in one run.
 #[derive(Debug, Parser)]
 #[command(name = "load")]
 pub struct Options {
@@ -21,9 +21,12 @@ pub struct Options {
     /// Idle connections held open by the memory phases.
     #[arg(long, default_value = "2000")]
     pub idle_connections: usize,
-    /// Concurrent clients of the handshake phase.
+    /// Concurrent clients of the handshake and new-connection phases.
     #[arg(long, default_value = "16")]
     pub concurrency: usize,
+    /// Connections of the concurrent request/response phases.
+    #[arg(long, default_value = "32")]
+    pub rr_connections: usize,
     /// The peerguard binary under test (`cargo build --release` makes it).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/peerguard"))]
     pub peerguard: PathBuf,
@@ -34,6 +37,15 @@ pub struct Options {
     /// Leave HAProxy out even when `haproxy` is on PATH.
     #[arg(long)]
     pub no_haproxy: bool,
+    /// Leave nginx out even when `nginx` is on PATH.
+    #[arg(long)]
+    pub no_nginx: bool,
+    /// Internal: run as the plain rustls server of the handshake ceiling, listening on this
+    /// address with the credentials of `--rustls-cert-dir` (the harness starts it pinned).
+    #[arg(long, hide = true, requires = "rustls_cert_dir")]
+    pub rustls_server: Option<std::net::SocketAddr>,
+    #[arg(long, hide = true)]
+    pub rustls_cert_dir: Option<PathBuf>,
     /// `cargo bench` passes this to every bench; without it (`cargo test --all-targets` runs
     /// benches as tests) the harness only says how to run it.
     #[arg(long, hide = true)]
@@ -57,6 +69,8 @@ impl Options {
 /// One kind of load. Memory phases come first so each proxy is measured fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Phase {
+    /// The proxy's resident memory once it listens, before any connection.
+    StartRss,
     /// Idle plaintext connections: proxy RSS per connection.
     IdlePlaintext,
     /// Idle mTLS connections (handshake done): proxy RSS per connection.
@@ -71,8 +85,12 @@ pub enum Phase {
     RrPlaintext,
     /// 128 B request/response over one mTLS connection.
     RrMtls,
+    /// 128 B request/response over `--rr-connections` plaintext connections at once.
+    RrConcurrentPlaintext,
+    /// 128 B request/response over `--rr-connections` mTLS connections at once.
+    RrConcurrentMtls,
     /// Full mTLS handshakes (no resumption) from concurrent clients.
     Handshakes,
-    /// New plaintext connections (connect, one echoed byte, close) from concurrent clients.
+    /// New plaintext connections (connect, 4 bytes echoed, close) from concurrent clients.
     Connections,
 }

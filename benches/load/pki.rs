@@ -1,5 +1,5 @@
 //! Throwaway PKI for one harness run, from peerguard's own `DevCa`: the mesh CA with the
-//! workload's certificate (in peerguard's `--cert-dir` layout and in HAProxy's `crt` format)
+//! workload's certificate (in peerguard's `--cert-dir` layout and in the peers' formats)
 //! and a mesh client's; a separate CA for the app's own TLS; and the rustls configs the load
 //! generator and the app use.
 
@@ -25,8 +25,9 @@ const VALIDITY: Duration = Duration::from_secs(24 * 3600);
 pub struct Pki {
     /// peerguard's `--cert-dir`.
     pub proxy_cert_dir: PathBuf,
-    /// HAProxy's `BENCH_CERTS`: `server.pem` (cert + CA + key) and `ca.crt`.
-    pub haproxy_dir: PathBuf,
+    /// The peers' certificates: HAProxy's `server.pem` (cert + CA + key), nginx's `server.crt`
+    /// (cert + CA, as HAProxy sends) and `server.key`, and both's `ca.crt`.
+    pub peer_cert_dir: PathBuf,
     /// A mesh client: ALPN `istio`, a mesh certificate, and no resumption, so every
     /// connection is a full handshake.
     pub mesh_client: Arc<ClientConfig>,
@@ -47,11 +48,13 @@ impl Pki {
 
         let proxy_cert_dir = dir.join("proxy-certs");
         workload.write_cert_dir(&proxy_cert_dir)?;
-        let haproxy_dir = dir.join("haproxy-certs");
-        std::fs::create_dir_all(&haproxy_dir)?;
-        let server_pem = format!("{}{}{}", workload.cert_pem, workload.root_pem, workload.key_pem);
-        std::fs::write(haproxy_dir.join("server.pem"), server_pem)?;
-        std::fs::write(haproxy_dir.join("ca.crt"), mesh.cert_pem())?;
+        let peer_cert_dir = dir.join("peer-certs");
+        std::fs::create_dir_all(&peer_cert_dir)?;
+        let chain = format!("{}{}", workload.cert_pem, workload.root_pem);
+        std::fs::write(peer_cert_dir.join("server.pem"), format!("{chain}{}", workload.key_pem))?;
+        std::fs::write(peer_cert_dir.join("server.crt"), chain)?;
+        std::fs::write(peer_cert_dir.join("server.key"), &workload.key_pem)?;
+        std::fs::write(peer_cert_dir.join("ca.crt"), mesh.cert_pem())?;
 
         let mut mesh_client =
             client_builder(&mesh)?.with_client_auth_cert(vec![client.cert_der.clone()], key_of(&client)?)?;
@@ -69,7 +72,7 @@ impl Pki {
 
         Ok(Pki {
             proxy_cert_dir,
-            haproxy_dir,
+            peer_cert_dir,
             mesh_client: Arc::new(mesh_client),
             app_client: Arc::new(app_client),
             app_server: Arc::new(app_server),
