@@ -293,6 +293,10 @@ pub struct DemoArgs {
     /// first free block from 18000 up.
     #[arg(long)]
     pub base_port: Option<u16>,
+    /// Get the workload's certificate from a development mesh CA over Istio's gRPC CA service
+    /// (served on base+1012), as in a mesh, instead of from files.
+    #[arg(long)]
+    pub mesh_ca: bool,
 }
 
 #[derive(Debug, Clone, Args)]
