@@ -33,7 +33,7 @@ pub enum StartError {
     #[error("certificates: {0}")]
     Certificates(TlsLoadError),
     #[error("{0}")]
-    MeshCa(#[from] FirstCertificateError),
+    MeshCa(Box<FirstCertificateError>),
     #[error("cannot watch SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -46,6 +46,12 @@ impl From<OpenError> for StartError {
             OpenError::Policy(e) => StartError::Policy(e),
             OpenError::Certificates(e) => StartError::Certificates(e),
         }
+    }
+}
+
+impl From<FirstCertificateError> for StartError {
+    fn from(error: FirstCertificateError) -> Self {
+        StartError::MeshCa(Box::new(error))
     }
 }
 

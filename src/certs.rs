@@ -195,15 +195,7 @@ impl DevCa {
     /// for is ignored. Returns the leaf (PEM) and the identity it carries.
     pub fn sign_csr(&self, csr_pem: &str, validity: Duration) -> Result<(String, SpiffeId), CertsError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertsError::Csr)?;
-        let asked: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                SanType::URI(uri) => uri.as_str().to_owned(),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        let asked = san_texts(&csr);
         let id = match asked.as_slice() {
             [one] => one
                 .parse::<SpiffeId>()
@@ -278,6 +270,24 @@ fn refuse_to_overwrite(dir: &Path) -> Result<(), CertsError> {
     } else {
         Err(CertsError::WouldOverwrite { dir: dir.into(), files })
     }
+}
+
+/// The SANs a CSR asks for, as text: URIs as they are, other kinds described.
+pub fn csr_names(csr_pem: &str) -> Result<Vec<String>, CertsError> {
+    Ok(san_texts(
+        &CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertsError::Csr)?,
+    ))
+}
+
+fn san_texts(csr: &CertificateSigningRequestParams) -> Vec<String> {
+    csr.params
+        .subject_alt_names
+        .iter()
+        .map(|san| match san {
+            SanType::URI(uri) => uri.as_str().to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
 }
 
 /// An issued leaf as Istio makes them: empty subject, `sans`, usable as TLS client and server.

@@ -33,26 +33,7 @@ const PAYLOAD: &[u8] = b"ping through peerguard";
 
 /// `peerguard run` in front of `app`, certificates from `ca`, plus `extra` flags.
 fn run_line(ca: &TestCa, app: SocketAddr, extra: &[&str]) -> Vec<String> {
-    let mut line: Vec<String> = [
-        "peerguard",
-        "run",
-        "--inbound",
-        "none",
-        "--listen",
-        &format!("127.0.0.1:0={app}"),
-        "--namespace",
-        "default",
-        "--labels",
-        "app=server",
-        "--admin",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
-        "--metrics",
-        "none",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut line = support::proxy::run_line(app);
     line.extend(ca.run_flags());
     line.extend(extra.iter().map(|s| s.to_string()));
     line

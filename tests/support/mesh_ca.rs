@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use peerguard::certs::DevCa;
+use peerguard::certs::{csr_names, DevCa};
 use peerguard::mesh_ca::proto::{self, IstioCertificateRequest, IstioCertificateResponse, IstioCertificateService};
 use peerguard::mesh_ca::CLUSTER_ID_KEY;
-use rcgen::{CertificateSigningRequestParams, SanType};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -187,16 +186,7 @@ impl Signer {
                 .and_then(|v| v.to_str().ok())
                 .map(String::from)
         };
-        let sans = CertificateSigningRequestParams::from_pem(&body.csr)
-            .map_err(|e| Status::invalid_argument(format!("CSR: {e}")))?
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                SanType::URI(uri) => uri.as_str().to_owned(),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        let sans = csr_names(&body.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.seen.lock().unwrap().push(Seen {
             sans,
             authorization: header("authorization"),
