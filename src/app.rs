@@ -261,7 +261,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     log_starting(&config);
     // Before anything says "serving": a SIGTERM from then on must drain, not kill.
     let mut stop = StopSignals::install().map_err(StartError::Signals)?;
-    let running = start(&config).await?;
+    // Start-up can wait a while for the mesh CA; a SIGTERM meanwhile ends it.
+    let running = tokio::select! {
+        running = start(&config) => running?,
+        () = stop.next() => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     if let Some(inbound) = running.inbound {
         tracing::info!(listen = %inbound, "transparent listener bound");
     }
