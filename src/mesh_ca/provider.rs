@@ -16,6 +16,10 @@ use crate::store::Store;
 use crate::tls::credentials::Credentials;
 use crate::tls::identity::Rfc3339;
 
+/// The least time left for a last attempt at start-up: less, and its error would only say the
+/// time ran out.
+const MIN_LAST_ATTEMPT: Duration = Duration::from_millis(500);
+
 /// Why start-up got no certificate.
 #[derive(Debug, thiserror::Error)]
 #[error("no workload certificate from the mesh CA at {address} after {attempts} attempt(s) in {waited:?}: {last}")]
@@ -47,32 +51,31 @@ pub async fn first_certificate(config: &MeshCaConfig) -> Result<First, FirstCert
         key_type = ?config.key_type,
         "asking the mesh CA for the workload certificate"
     );
+    let give_up = |attempts: u32, last: IssueError| FirstCertificateError {
+        address: config.address.clone(),
+        attempts,
+        waited: Duration::from_millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        last,
+    };
     loop {
         attempts += 1;
         // An attempt never outlives the start-up bound, whatever --ca-request-timeout says.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let attempt = issue(config);
-        let result = match tokio::time::timeout(left, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(IssueError::NoAnswer {
+        let error = match tokio::time::timeout(left, issue(config)).await {
+            Ok(Ok(accepted)) => return Ok(first(config, accepted)),
+            Ok(Err(error)) => error,
+            Err(_) => IssueError::NoAnswer {
                 address: config.address.clone(),
                 after: left,
-            }),
+            },
         };
-        let error = match result {
-            Ok(accepted) => return Ok(first(config, accepted)),
-            Err(error) => error,
-        };
-        let delay = backoff.next(jitter());
         let now = tokio::time::Instant::now();
-        if now + delay >= deadline {
-            return Err(FirstCertificateError {
-                address: config.address.clone(),
-                attempts,
-                waited: now - started,
-                last: error,
-            });
+        // Too little time for another attempt to mean anything: this error is the answer.
+        if deadline.saturating_duration_since(now) < MIN_LAST_ATTEMPT {
+            return Err(give_up(attempts, error));
         }
+        // The last retry comes before the deadline, not after it.
+        let delay = backoff.next(jitter()).min(deadline - now - MIN_LAST_ATTEMPT);
         tracing::warn!(error = %error, attempt = attempts, retry_in = ?delay, "no workload certificate yet");
         tokio::time::sleep(delay).await;
     }
