@@ -13,10 +13,11 @@ use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::health::{self, Readiness};
 use crate::admin::{metrics_routes, server, Admin};
 use crate::cli::LogFormat;
-use crate::config::{Config, DrainTimes};
+use crate::config::{CertSource, Config, DrainTimes};
 use crate::inbound::connection::DataPath;
 use crate::inbound::cut::Cut;
 use crate::inbound::listener::{Listener, Route};
+use crate::mesh_ca::{self, FirstCertificateError};
 use crate::metrics::Metrics;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
@@ -31,6 +32,8 @@ pub enum StartError {
     Policy(PolicyError),
     #[error("certificates: {0}")]
     Certificates(TlsLoadError),
+    #[error("{0}")]
+    MeshCa(Box<FirstCertificateError>),
     #[error("cannot watch SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -43,6 +46,12 @@ impl From<OpenError> for StartError {
             OpenError::Policy(e) => StartError::Policy(e),
             OpenError::Certificates(e) => StartError::Certificates(e),
         }
+    }
+}
+
+impl From<FirstCertificateError> for StartError {
+    fn from(error: FirstCertificateError) -> Self {
+        StartError::MeshCa(Box::new(error))
     }
 }
 
@@ -82,7 +91,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Before the first load, so that a change racing it is seen by the first poll.
     let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(Store::open(config, metrics.clone())?);
+    // With the mesh CA, nothing serves before the first certificate is in hand.
+    let (store, renewal) = match &config.certs {
+        CertSource::MeshCa(ca) => {
+            let first = mesh_ca::first_certificate(ca).await?;
+            let store = Store::open_with(config, metrics.clone(), &first.credentials)?;
+            (Arc::new(store), Some((ca.clone(), first.renew_at)))
+        }
+        _ => (Arc::new(Store::open(config, metrics.clone())?), None),
+    };
     let readiness = Arc::new(Readiness::new(store.clone()));
     let cut = Arc::new(Cut::default());
     let data_path = Arc::new(DataPath {
@@ -179,6 +196,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
     });
     tokio::spawn(server::serve(admin_tcp, admin_state.routes(), endpoints_stop.clone()));
+    if let Some((ca, renew_at)) = renewal {
+        tokio::spawn(mesh_ca::keep_fresh(ca, store.clone(), renew_at, endpoints_stop.clone()));
+    }
     let reloader = Reloader::new(store.clone(), fingerprints);
     tokio::spawn(Arc::new(reloader).watch(endpoints_stop));
 
@@ -241,7 +261,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     log_starting(&config);
     // Before anything says "serving": a SIGTERM from then on must drain, not kill.
     let mut stop = StopSignals::install().map_err(StartError::Signals)?;
-    let running = start(&config).await?;
+    // Start-up can wait a while for the mesh CA; a SIGTERM meanwhile ends it.
+    let running = tokio::select! {
+        running = start(&config) => running?,
+        () = stop.next() => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     if let Some(inbound) = running.inbound {
         tracing::info!(listen = %inbound, "transparent listener bound");
     }

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SignatureAlgorithm,
+    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -61,6 +62,10 @@ pub enum CertsError {
     Validity(Duration),
     #[error("{} already holds {}: pass --force to overwrite them", dir.display(), files.join(", "))]
     WouldOverwrite { dir: PathBuf, files: Vec<&'static str> },
+    #[error("the CSR does not parse: {0}")]
+    Csr(rcgen::Error),
+    #[error("the CSR must ask for exactly one SAN, an Istio SPIFFE ID; it asks for {0}")]
+    CsrNames(String),
 }
 
 /// A self-signed mesh CA that can issue workload certificates.
@@ -185,15 +190,25 @@ impl DevCa {
         self.issue(sans, validity, KeyAlgorithm::default())
     }
 
+    /// Signs a workload CSR as a mesh CA does: the certificate is for the CSR's key, with its one
+    /// SPIFFE ID as the only SAN, valid from now for `validity`. Everything else the CSR asks
+    /// for is ignored. Returns the leaf (PEM) and the identity it carries.
+    pub fn sign_csr(&self, csr_pem: &str, validity: Duration) -> Result<(String, SpiffeId), CertsError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertsError::Csr)?;
+        let asked = san_texts(&csr);
+        let id = match asked.as_slice() {
+            [one] => one
+                .parse::<SpiffeId>()
+                .map_err(|e| CertsError::CsrNames(e.to_string()))?,
+            _ => return Err(CertsError::CsrNames(format!("{asked:?}"))),
+        };
+        csr.params = workload_params(vec![SanType::URI(id.to_string().try_into()?)], validity)?;
+        Ok((csr.signed_by(&self.issuer)?.pem(), id))
+    }
+
     fn issue(&self, sans: Vec<SanType>, validity: Duration, algorithm: KeyAlgorithm) -> Result<IssuedCert, CertsError> {
         let key = KeyPair::generate_for(algorithm.rcgen())?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = validity_window(validity)?;
+        let params = workload_params(sans, validity)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
@@ -255,6 +270,36 @@ fn refuse_to_overwrite(dir: &Path) -> Result<(), CertsError> {
     } else {
         Err(CertsError::WouldOverwrite { dir: dir.into(), files })
     }
+}
+
+/// The SANs a CSR asks for, as text: URIs as they are, other kinds described.
+pub fn csr_names(csr_pem: &str) -> Result<Vec<String>, CertsError> {
+    Ok(san_texts(
+        &CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertsError::Csr)?,
+    ))
+}
+
+fn san_texts(csr: &CertificateSigningRequestParams) -> Vec<String> {
+    csr.params
+        .subject_alt_names
+        .iter()
+        .map(|san| match san {
+            SanType::URI(uri) => uri.as_str().to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// An issued leaf as Istio makes them: empty subject, `sans`, usable as TLS client and server.
+fn workload_params(sans: Vec<SanType>, validity: Duration) -> Result<CertificateParams, CertsError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    (params.not_before, params.not_after) = validity_window(validity)?;
+    Ok(params)
 }
 
 /// (now - BACKDATE, now + validity), or an error if that is beyond what `time` represents.

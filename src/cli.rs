@@ -34,6 +34,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
     Certs(CertsArgs),
+    /// Serve a development mesh CA as Istio's gRPC certificate service (for `run --ca-address`).
+    DevCa(DevCaArgs),
     /// Print (or apply) istio-iptables-compatible inbound redirect rules.
     Iptables(IptablesArgs),
 }
@@ -108,6 +110,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub ca: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub mesh_ca: MeshCaArgs,
+
     /// Admin endpoint (loopback only unless --admin-allow-non-loopback).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -160,6 +165,54 @@ pub struct RunArgs {
     /// Most connections open at once; accepting pauses at the cap.
     #[arg(long, default_value = "65536")]
     pub max_connections: usize,
+}
+
+/// The workload certificate from the mesh CA instead of files (docs/mesh-ca.md): the flags and
+/// the environment variables Istio's injector sets for pilot-agent.
+#[derive(Debug, Clone, Args)]
+pub struct MeshCaArgs {
+    /// The mesh CA's gRPC address, `HOST:PORT` (Istio: istiod.istio-system.svc:15012). Replaces
+    /// --cert-dir and --cert/--key/--ca.
+    #[arg(long, env = "CA_ADDR", conflicts_with_all = ["cert_dir", "cert", "key", "ca"])]
+    pub ca_address: Option<String>,
+    /// The mesh root(s): verify the CA's TLS and the issued chain, and verify mesh clients.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub ca_root_cert: PathBuf,
+    /// The projected service-account token (audience istio-ca) sent as `authorization: Bearer`.
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    pub ca_token_file: PathBuf,
+    /// The cluster's ID, sent as `ClusterID` metadata (the CA picks the cluster whose API
+    /// server reviews the token).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// The workload's service account: the SPIFFE ID asked for is
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// The private key made for each certificate.
+    #[arg(long, value_enum, default_value = "ecdsa")]
+    pub key_type: KeyType,
+    /// The certificate lifetime asked for (the CA may shorten it).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Renew when this fraction of the certificate's lifetime has passed (with a little jitter).
+    #[arg(long, default_value = "0.5")]
+    pub renew_ratio: f64,
+    /// How long one request to the CA may take, connecting included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ca_request_timeout: Duration,
+    /// How long start-up waits for the first certificate (retrying) before it gives up.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub ca_start_timeout: Duration,
+}
+
+/// The workload key's algorithm in mesh-CA mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    /// ECDSA on P-256, as Istio's agent makes by default.
+    Ecdsa,
+    /// RSA 2048.
+    Rsa,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,6 +293,10 @@ pub struct DemoArgs {
     /// first free block from 18000 up.
     #[arg(long)]
     pub base_port: Option<u16>,
+    /// Get the workload's certificate from a development mesh CA over Istio's gRPC CA service
+    /// (served on base+1012), as in a mesh, instead of from files.
+    #[arg(long)]
+    pub mesh_ca: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -259,6 +316,23 @@ pub struct CertsArgs {
     /// Overwrite certificates and a key already in --out.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevCaArgs {
+    /// Directory of the CA (ca-cert.pem, ca-key.pem); created there if missing. Its
+    /// ca-cert.pem is the root for `run --ca-root-cert`.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Where to serve `istio.v1.auth.IstioCertificateService`, with TLS.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub listen: SocketAddr,
+    /// The longest certificate lifetime issued (and the lifetime when a request asks for none).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub max_validity: Duration,
+    /// A file holding the one bearer token accepted; without it any non-empty token is.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,13 +7,14 @@
 //!   HTTP server.
 //! - `metrics`: the Prometheus metric families.
 //! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
+//! - `mesh_ca`: the workload certificate from the mesh CA (Istio's gRPC CA service), renewed.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `store`: the live policy and credentials: loaded, validated, last good kept, published.
 //! - `outcome`: the connection's vocabulary (action, reason, the record, log escaping).
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
 //! - `net`: socket options, original destination, upstream source binding.
-//! - `check`, `certs`, `demo`, `iptables`: the other subcommands.
+//! - `check`, `certs`, `dev-ca`, `demo`, `iptables`: the other subcommands.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -23,8 +24,10 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dev_ca;
 pub mod inbound;
 pub mod iptables;
+pub mod mesh_ca;
 mod metrics;
 pub mod net;
 pub mod outcome;

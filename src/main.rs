@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             report(peerguard::demo::run(&args))
         }
         Command::Certs(args) => report(peerguard::certs::run(&args)),
+        Command::DevCa(args) => {
+            init_tracing(LogFormat::Text);
+            report(peerguard::dev_ca::run(&args))
+        }
         Command::Iptables(args) => report(peerguard::iptables::run(&args)),
     }
 }

@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::CertOrigin;
 use crate::outcome::record::Record;
 use crate::policy::authorization::{Decider, Verdict};
 use crate::policy::MtlsMode;
@@ -99,6 +100,16 @@ struct DeclinedLabels {
     reason: &'static str,
 }
 
+/// The certificate in use: one series, replaced at each new certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertificateLabels {
+    /// `file` or `mesh_ca`.
+    source: &'static str,
+    /// The file path(s) or the CA address.
+    origin: String,
+    serial: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -173,6 +184,9 @@ pub struct Metrics {
     policy_generation: Gauge,
     certificate_reloads: ReloadCounters,
     certificate_expiry: Gauge,
+    certificate_info: Family<CertificateLabels, Gauge>,
+    certificate_renewals: ReloadCounters,
+    certificate_next_renewal: Gauge,
 }
 
 /// Decrements the active-connections gauge when the connection's task lets go of it, however
@@ -266,6 +280,23 @@ impl Metrics {
             "notAfter of the workload certificate in use, as a Unix time",
             certificate_expiry.clone(),
         );
+        let certificate_info = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate",
+            "The workload certificate in use (value 1): its source (file or mesh_ca), origin (paths or CA address) and serial",
+            certificate_info.clone(),
+        );
+        let certificate_renewals = ReloadCounters::register(
+            &mut registry,
+            "certificate_renewals",
+            "Renewals of the workload certificate from the mesh CA, by result (a refused chain is a failure)",
+        );
+        let certificate_next_renewal = Gauge::default();
+        registry.register(
+            "certificate_next_renewal_timestamp_seconds",
+            "When the mesh CA is asked next (renewal or retry), as a Unix time",
+            certificate_next_renewal.clone(),
+        );
         Metrics {
             registry,
             ports: PortLabels::new(),
@@ -285,6 +316,9 @@ impl Metrics {
             policy_generation,
             certificate_reloads,
             certificate_expiry,
+            certificate_info,
+            certificate_renewals,
+            certificate_next_renewal,
         }
     }
 
@@ -375,15 +409,34 @@ impl Metrics {
         self.policy_reloads.failed.inc();
     }
 
-    /// The expiry of the certificate in use, set at start and by every successful reload.
-    pub fn certificate_in_force(&self, not_after: SystemTime) {
-        let unix = crate::tls::identity::unix_seconds(not_after);
-        self.certificate_expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
+    /// The certificate in use and its expiry, set at start and by every new certificate.
+    pub fn certificate_in_force(&self, origin: &CertOrigin, serial: &str, not_after: SystemTime) {
+        self.certificate_expiry.set(unix_gauge(not_after));
+        self.certificate_info.clear();
+        let labels = CertificateLabels {
+            source: origin.kind,
+            origin: origin.from.clone(),
+            serial: serial.to_owned(),
+        };
+        self.certificate_info.get_or_create(&labels).set(1);
     }
 
-    pub fn certificate_reloaded(&self, not_after: SystemTime) {
+    pub fn certificate_reloaded(&self) {
         self.certificate_reloads.ok.inc();
-        self.certificate_in_force(not_after);
+    }
+
+    /// A renewal from the mesh CA succeeded or failed; the CA is asked next at `next_at`.
+    pub fn certificate_renewed(&self, ok: bool, next_at: SystemTime) {
+        if ok {
+            self.certificate_renewals.ok.inc();
+        } else {
+            self.certificate_renewals.failed.inc();
+        }
+        self.certificate_renewal_due(next_at);
+    }
+
+    pub fn certificate_renewal_due(&self, at: SystemTime) {
+        self.certificate_next_renewal.set(unix_gauge(at));
     }
 
     pub fn certificate_reload_failed(&self) {
@@ -396,6 +449,10 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+fn unix_gauge(time: SystemTime) -> i64 {
+    i64::try_from(crate::tls::identity::unix_seconds(time)).unwrap_or(i64::MAX)
 }
 
 impl Default for Metrics {

@@ -33,6 +33,8 @@ fn certificate_files(source: &CertSource) -> Vec<PathBuf> {
             .map(|f| dir.join(f))
             .to_vec(),
         CertSource::Files { cert, key, ca } => vec![cert.clone(), key.clone(), ca.clone()],
+        // The certificate and key live in memory; only the mesh roots are a file.
+        CertSource::MeshCa(ca) => vec![ca.root_cert.clone()],
     }
 }
 

@@ -39,24 +39,28 @@ struct Started {
     check: String,
 }
 
-/// Starts the demo on the first free block of ports.
-fn start_demo() -> Started {
-    for base in base_ports().take(3) {
-        if let Some(started) = start_demo_at(base) {
+/// Starts the demo (with `extra` flags) on the first free block of ports from the `first`th;
+/// `label` keeps its directory and log apart from another test's demo, and a different `first`
+/// its ports.
+fn start_demo(label: &str, extra: &[&str], first: usize) -> Started {
+    for base in base_ports().skip(first).take(3) {
+        if let Some(started) = start_demo_at(label, base, extra) {
             return started;
         }
     }
-    panic!("the demo did not start on any of three port blocks");
+    panic!(
+        "the demo did not start on any of three port blocks: {}",
+        log_path(label).display()
+    );
 }
 
 /// Starts the demo at `base`; `None` if it exited before printing its commands (a port in use).
-fn start_demo_at(base: u16) -> Option<Started> {
-    let dir = std::env::temp_dir().join(format!("peerguard-demo-test-{}", std::process::id()));
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id())))
-            .expect("log file");
+fn start_demo_at(label: &str, base: u16, extra: &[&str]) -> Option<Started> {
+    let dir = std::env::temp_dir().join(format!("peerguard-demo-test-{label}-{}", std::process::id()));
+    let log = std::fs::File::create(log_path(label)).expect("log file");
     let mut child = Command::new(BIN)
         .args(["demo", "--dir", dir.to_str().unwrap(), "--base-port", &base.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -75,9 +79,12 @@ fn start_demo_at(base: u16) -> Option<Started> {
     let mut commands = Vec::new();
     let mut section = 0;
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the demo prints its instructions within 20 s");
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            // It exited: a port of the block is taken.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the demo prints its instructions within 20 s"),
+        };
         if let Some(rest) = line.strip_prefix("# ") {
             section = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
         } else if section > 0 && !line.trim().is_empty() && !is_check(&line) {
@@ -91,6 +98,10 @@ fn start_demo_at(base: u16) -> Option<Started> {
             });
         }
     }
+}
+
+fn log_path(label: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("peerguard-demo-test-{label}-{}.log", std::process::id()))
 }
 
 /// The closing `peerguard check` command, which names the binary by its path.
@@ -129,7 +140,7 @@ fn run(command: &str) -> String {
 
 #[test]
 fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
-    let Started { demo, commands, check } = start_demo();
+    let Started { demo, commands, check } = start_demo("files", &[], 0);
     let expectations: [(u32, &[&str]); 6] = [
         (1, &["you reached me over plaintext"]),
         (2, &["you reached me over the app's own TLS"]),
@@ -165,7 +176,7 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
         "{check_output}"
     );
 
-    let log_path = std::env::temp_dir().join(format!("peerguard-demo-test-{}.log", std::process::id()));
+    let log_path = log_path("files");
     let log = std::fs::read_to_string(&log_path).expect("demo log");
     for reason in [
         "reason=mtls",
@@ -185,6 +196,27 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
     );
     drop(demo);
     let _ = std::fs::remove_file(log_path);
+}
+
+#[test]
+fn the_mesh_ca_demo_gets_its_certificate_over_grpc_and_serves_mtls_with_it() {
+    let Started { demo, commands, .. } = start_demo("mesh-ca", &["--mesh-ca"], 5);
+    let section = |n: u32| -> String { commands.iter().filter(|(s, _)| *s == n).map(|(_, c)| run(c)).collect() };
+    let mtls = section(1);
+    assert!(mtls.contains("you reached me over plaintext"), "{mtls}");
+    let dump = section(7);
+    assert!(
+        dump.contains("\"kind\": \"mesh_ca\"") && dump.contains("spiffe://cluster.local/ns/demo/sa/echo"),
+        "{dump}"
+    );
+    let log = std::fs::read_to_string(log_path("mesh-ca")).expect("demo log");
+    assert!(
+        log.contains("issued a workload certificate spiffe_id=spiffe://cluster.local/ns/demo/sa/echo"),
+        "the demo's CA issued over gRPC:\n{log}"
+    );
+    assert!(log.contains("peer=spiffe://cluster.local/ns/demo/sa/client"), "{log}");
+    drop(demo);
+    let _ = std::fs::remove_file(log_path("mesh-ca"));
 }
 
 #[test]

@@ -8,8 +8,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::config::CertOrigin;
 use crate::policy::{MtlsMode, PolicySource, PortProtocol, Workload};
-use crate::store::{PolicySnapshot, PortMode, TlsSnapshot};
+use crate::store::{PolicySnapshot, PortMode, Renewal, TlsSnapshot};
 use crate::tls::identity::unix_seconds;
 
 /// One bound data-path listener.
@@ -92,6 +93,44 @@ struct CertificateView<'a> {
     serial: &'a str,
     not_after_unix: u64,
     expired: bool,
+    source: SourceView,
+    /// Renewals from the mesh CA; absent with a file source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renewal: Option<RenewalView>,
+}
+
+#[derive(Serialize)]
+struct SourceView {
+    /// `file` or `mesh_ca`.
+    kind: &'static str,
+    /// The file path(s), or the CA's address.
+    from: String,
+}
+
+#[derive(Serialize)]
+struct RenewalView {
+    /// When the CA is asked next: the renewal time, or the retry after a failure.
+    next_at_unix: Option<u64>,
+    ok: u64,
+    failed: u64,
+    last_error: Option<String>,
+}
+
+impl From<Renewal> for RenewalView {
+    fn from(renewal: Renewal) -> Self {
+        RenewalView {
+            next_at_unix: renewal.next_at.map(unix_seconds),
+            ok: renewal.ok,
+            failed: renewal.failed,
+            last_error: renewal.last_error,
+        }
+    }
+}
+
+/// Where the certificate in use comes from, and how its renewals go.
+pub struct CertificateStatus {
+    pub origin: CertOrigin,
+    pub renewal: Option<Renewal>,
 }
 
 impl<'a> ConfigDump<'a> {
@@ -99,6 +138,7 @@ impl<'a> ConfigDump<'a> {
         addresses: &'a Addresses,
         policy: &'a PolicySnapshot,
         tls: &'a TlsSnapshot,
+        status: CertificateStatus,
         readiness: Result<(), super::health::NotReady>,
         now: SystemTime,
     ) -> Self {
@@ -131,6 +171,11 @@ impl<'a> ConfigDump<'a> {
                 serial: &tls.serial,
                 not_after_unix: unix_seconds(tls.not_after),
                 expired: tls.is_expired(now),
+                source: SourceView {
+                    kind: status.origin.kind,
+                    from: status.origin.from,
+                },
+                renewal: status.renewal.map(RenewalView::from),
             },
         }
     }

@@ -19,7 +19,7 @@ use hyper::StatusCode;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
-use config_dump::{Addresses, ConfigDump};
+use config_dump::{Addresses, CertificateStatus, ConfigDump};
 use health::Readiness;
 use server::Routes;
 
@@ -73,7 +73,11 @@ impl Admin {
     fn config_dump(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
         let now = SystemTime::now();
         let (policy, tls) = (self.store.policy(), self.store.tls());
-        let dump = ConfigDump::new(&self.addresses, &policy, &tls, self.readiness.check(now), now);
+        let status = CertificateStatus {
+            origin: self.store.certificate_source().describe(),
+            renewal: self.store.renewal(),
+        };
+        let dump = ConfigDump::new(&self.addresses, &policy, &tls, status, self.readiness.check(now), now);
         match serde_json::to_string_pretty(&dump) {
             Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),
             Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding config: {e}\n")),

@@ -1,10 +1,13 @@
 //! The validated, immutable configuration of one `peerguard run` process.
 //! - `workload`: who the workload is, from the command line or the downward-API labels file.
 //! - `probes`: the app's kubelet probes that the health port answers for it.
+//! - `mesh_ca`: where and how the workload certificate is asked of the mesh CA.
 
+mod mesh_ca;
 mod probes;
 mod workload;
 
+pub use mesh_ca::{MeshCaConfig, MeshCaError};
 pub use probes::{AppProbe, AppProbes, ProbeCheck, ProbeError};
 pub use workload::{workload_from, WorkloadError};
 
@@ -32,6 +35,7 @@ impl std::fmt::Display for CertSource {
             CertSource::Files { cert, key, ca } => {
                 write!(f, "{}, {}, {}", cert.display(), key.display(), ca.display())
             }
+            CertSource::MeshCa(ca) => write!(f, "mesh CA at {} as {}", ca.address, ca.identity),
         }
     }
 }
@@ -54,7 +58,7 @@ pub enum AppHost {
 }
 
 /// Where the workload's certificate, key and mesh roots come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CertSource {
     /// Istio's layout: cert-chain.pem, key.pem, root-cert.pem.
     Dir(PathBuf),
@@ -63,6 +67,32 @@ pub enum CertSource {
         key: PathBuf,
         ca: PathBuf,
     },
+    /// Issued by the mesh CA over gRPC, renewed before expiry; only the roots are a file.
+    MeshCa(MeshCaConfig),
+}
+
+/// Where the certificate in use comes from, as `/config_dump` and the metrics say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertOrigin {
+    /// `file` or `mesh_ca`.
+    pub kind: &'static str,
+    /// The file path(s), or the CA's address.
+    pub from: String,
+}
+
+impl CertSource {
+    pub fn describe(&self) -> CertOrigin {
+        match self {
+            CertSource::MeshCa(ca) => CertOrigin {
+                kind: "mesh_ca",
+                from: ca.address.clone(),
+            },
+            files => CertOrigin {
+                kind: "file",
+                from: files.to_string(),
+            },
+        }
+    }
 }
 
 /// Per-connection limits of the data path.
@@ -127,8 +157,10 @@ pub enum ConfigError {
     AppHost(String),
     #[error("no listener: give --inbound ADDR and/or --listen LISTEN=APP")]
     NoListener,
-    #[error("no certificates: give --cert-dir DIR, or --cert, --key and --ca")]
+    #[error("no certificates: give --cert-dir DIR, or --cert, --key and --ca, or --ca-address HOST:PORT")]
     NoCertificates,
+    #[error(transparent)]
+    MeshCa(#[from] MeshCaError),
     #[error("--admin {0} is not a loopback address; add --admin-allow-non-loopback to expose it")]
     AdminNotLoopback(SocketAddr),
     #[error("--max-client-hello must be at least 64 bytes")]
@@ -145,6 +177,9 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
+        if !is_trust_domain(&args.trust_domain) {
+            return Err(ConfigError::TrustDomain(args.trust_domain.clone()));
+        }
         let inbound = optional_address(&args.inbound).map_err(ConfigError::Inbound)?;
         let metrics = optional_address(&args.metrics).map_err(ConfigError::Metrics)?;
         let explicit = args
@@ -159,7 +194,13 @@ impl Config {
             "original" => AppHost::OriginalDestination,
             text => AppHost::Address(text.parse().map_err(|_| ConfigError::AppHost(text.to_string()))?),
         };
+        let workload = workload_from(&args.workload)?;
         let certs = match (&args.cert_dir, &args.cert, &args.key, &args.ca) {
+            _ if args.mesh_ca.ca_address.is_some() => CertSource::MeshCa(MeshCaConfig::from_args(
+                &args.mesh_ca,
+                &args.trust_domain,
+                &workload.namespace,
+            )?),
             (Some(dir), ..) => CertSource::Dir(dir.clone()),
             (None, Some(cert), Some(key), Some(ca)) => CertSource::Files {
                 cert: cert.clone(),
@@ -177,11 +218,8 @@ impl Config {
         if args.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
-        if !is_trust_domain(&args.trust_domain) {
-            return Err(ConfigError::TrustDomain(args.trust_domain.clone()));
-        }
         Ok(Config {
-            workload: workload_from(&args.workload)?,
+            workload,
             policy: args.policy.clone(),
             trust_domain: args.trust_domain.clone(),
             session_lifetime: args.session_lifetime,

@@ -22,6 +22,12 @@ const NAMESPACE: &str = "demo";
 const WORKLOAD_LABELS: &str = "app=echo";
 /// Certificates outlive any demo session but not a forgotten directory.
 const VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// What `--mesh-ca` asks its CA for: short enough to see a renewal scheduled, long enough to
+/// never expire under a person trying things.
+const MESH_CA_TTL: &str = "1h";
+/// The projected-token stand-in of `--mesh-ca`.
+const TOKEN_FILE: &str = "istio-token";
+const DEMO_TOKEN: &str = "demo-token";
 /// The two CAs get different names, so that what openssl prints tells the mesh's certificate
 /// (mTLS terminated by peerguard) from the app's own (TLS passed through).
 const MESH_CA_NAME: &str = "peerguard demo mesh CA";
@@ -54,8 +60,11 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         app_listeners.push(crate::net::bind_listener(addr).with_context(|| format!("echo app on {addr}"))?);
     }
     echo_app::spawn(app_listeners, app_tls);
+    if args.mesh_ca {
+        start_mesh_ca(&dir, ports.ca)?;
+    }
 
-    let run_line = run_command_line(&dir, &ports);
+    let run_line = run_command_line(&dir, &ports, args.mesh_ca);
     let Command::Run(run_args) = Cli::try_parse_from(&run_line)?.command else {
         anyhow::bail!("the demo's own run command line did not parse as `run`");
     };
@@ -63,7 +72,10 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     // The start error already names its cause; as an anyhow chain it would say it twice.
     let running = crate::app::start(&config).await.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    println!("{}", instructions(&dir, args.dir.is_none(), &ports, &run_line));
+    println!(
+        "{}",
+        instructions(&dir, args.dir.is_none(), &ports, &run_line, args.mesh_ca)
+    );
     tokio::signal::ctrl_c().await?;
     running
         .drain(crate::config::DrainTimes {
@@ -71,6 +83,24 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             timeout: Duration::from_secs(1),
         })
         .await;
+    Ok(())
+}
+
+/// The demo's mesh CA served as Istio's gRPC CA service on `port`, for `--mesh-ca`: peerguard
+/// gets its certificate through the same client it uses against istiod. Its token file holds the
+/// one token it accepts.
+fn start_mesh_ca(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let ca = DevCa::load(&dir.join("mesh-ca"))?;
+    let token_file = dir.join(TOKEN_FILE);
+    std::fs::write(&token_file, DEMO_TOKEN).with_context(|| format!("writing {}", token_file.display()))?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = crate::net::bind_listener(addr).with_context(|| format!("mesh CA on {addr}"))?;
+    let service = crate::dev_ca::DevCaService::new(ca, VALIDITY, Some(DEMO_TOKEN.to_owned()));
+    tokio::spawn(async move {
+        if let Err(e) = service.serve(listener, std::future::pending()).await {
+            tracing::error!(error = %e, "the demo's mesh CA stopped");
+        }
+    });
     Ok(())
 }
 
@@ -205,7 +235,7 @@ spec:
     )
 }
 
-fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
+fn run_command_line(dir: &Path, ports: &Ports, mesh_ca: bool) -> Vec<String> {
     let mut line: Vec<String> = vec![own_binary(), "run".into(), "--inbound".into(), "none".into()];
     for (listen, app) in [ports.permissive, ports.strict, ports.disable] {
         line.push("--listen".into());
@@ -219,8 +249,24 @@ fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
         WORKLOAD_LABELS.into(),
         "--policy".into(),
         path(dir.join("policy.yaml")),
-        "--cert-dir".into(),
-        path(dir.join("echo-certs")),
+    ]);
+    if mesh_ca {
+        line.extend([
+            "--ca-address".into(),
+            format!("127.0.0.1:{}", ports.ca),
+            "--ca-root-cert".into(),
+            path(dir.join("mesh-ca").join(crate::certs::CA_CERT_FILE)),
+            "--ca-token-file".into(),
+            path(dir.join(TOKEN_FILE)),
+            "--service-account".into(),
+            "echo".into(),
+            "--cert-ttl".into(),
+            MESH_CA_TTL.into(),
+        ]);
+    } else {
+        line.extend(["--cert-dir".into(), path(dir.join("echo-certs"))]);
+    }
+    line.extend([
         "--admin".into(),
         format!("127.0.0.1:{}", ports.admin),
         "--health".into(),
@@ -232,7 +278,7 @@ fn run_command_line(dir: &Path, ports: &Ports) -> Vec<String> {
     line
 }
 
-fn instructions(dir: &Path, removed_at_exit: bool, ports: &Ports, run_line: &[String]) -> String {
+fn instructions(dir: &Path, removed_at_exit: bool, ports: &Ports, run_line: &[String], mesh_ca: bool) -> String {
     let d = shell_word(&dir.display().to_string());
     let files = if removed_at_exit {
         format!("Files are in {d} (removed when the demo stops; --dir DIR keeps them)")
@@ -244,6 +290,18 @@ fn instructions(dir: &Path, removed_at_exit: bool, ports: &Ports, run_line: &[St
         "-cert {d}/client-certs/cert-chain.pem -key {d}/client-certs/key.pem -CAfile {d}/client-certs/root-cert.pem"
     );
     let (permissive, strict, disable) = (ports.permissive.0, ports.strict.0, ports.disable.0);
+    let certificate = if mesh_ca {
+        format!(
+            "# 7. The workload certificate came from the demo's mesh CA on 127.0.0.1:{ca} over Istio's gRPC CA service (IstioCertificateService/CreateCertificate); its source, serial and next renewal:
+curl -sS http://127.0.0.1:{admin}/config_dump
+
+",
+            ca = ports.ca,
+            admin = ports.admin,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "peerguard demo is running on ports from {base} (Ctrl-C stops it). {files}.
 peerguard fronts an echo app (namespace {NAMESPACE}, labels {WORKLOAD_LABELS}) with the policy in {d}/policy.yaml:
@@ -274,7 +332,7 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1
 # 6. Who may connect: the client's mTLS call in 1. was allowed by demo/echo-callers (see authz_policy in its log line); the intruder's valid certificate is denied by demo/deny-intruder, reset before the app sees a byte:
 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:{permissive} -alpn istio -cert {d}/intruder-certs/cert-chain.pem -key {d}/intruder-certs/key.pem -CAfile {d}/intruder-certs/root-cert.pem; echo \"openssl exit: $?\"
 
-# What would peerguard do, and why (add --principal spiffe://cluster.local/ns/{NAMESPACE}/sa/intruder --port {pa} to ask about a peer):
+{certificate}# What would peerguard do, and why (add --principal spiffe://cluster.local/ns/{NAMESPACE}/sa/intruder --port {pa} to ask about a peer):
 {peerguard} check --policy {d}/policy.yaml --namespace {NAMESPACE} --labels {WORKLOAD_LABELS}
 ",
         pa = ports.permissive.1,

@@ -21,6 +21,8 @@ pub struct Ports {
     pub disable: (u16, u16),
     pub admin: u16,
     pub health: u16,
+    /// The development mesh CA of `demo --mesh-ca`.
+    pub ca: u16,
 }
 
 impl Ports {
@@ -36,12 +38,13 @@ impl Ports {
             disable: (at(82)?, at(1082)?),
             admin: at(1000)?,
             health: at(1021)?,
+            ca: at(1012)?,
         })
     }
 
-    fn all(&self) -> [u16; 8] {
+    fn all(&self) -> [u16; 9] {
         let (p, s, d) = (self.permissive, self.strict, self.disable);
-        [p.0, s.0, d.0, p.1, s.1, d.1, self.admin, self.health]
+        [p.0, s.0, d.0, p.1, s.1, d.1, self.admin, self.health, self.ca]
     }
 
     /// The first of the block's ports that something else holds on 127.0.0.1.

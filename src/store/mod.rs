@@ -11,23 +11,26 @@
 //! - `live`: a value replaced whole.
 //! - `policy`: one policy generation resolved for the workload (`PolicySnapshot`).
 //! - `tls`: one credentials generation ready for handshakes (`TlsSnapshot`).
+//! - `renewal`: how renewals from the mesh CA are going (`Renewal`).
 
 mod live;
 mod policy;
+mod renewal;
 mod tls;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 pub use live::Live;
 pub use policy::{PolicySnapshot, PortMode};
+pub use renewal::Renewal;
 pub use tls::TlsSnapshot;
 
 use crate::config::{CertSource, Config};
 use crate::metrics::Metrics;
 use crate::policy::{Loaded, PolicyError, ProtocolOverrides, Workload};
-use crate::tls::credentials::{Credentials, CredentialsError};
+use crate::tls::credentials::{load_roots, Credentials, CredentialsError};
 use crate::tls::identity::Rfc3339;
 use crate::tls::server_config::ServerConfigError;
 
@@ -38,6 +41,9 @@ pub enum TlsLoadError {
     Credentials(#[from] CredentialsError),
     #[error("TLS configuration: {0}")]
     ServerConfig(#[from] ServerConfigError),
+    /// A mesh-CA source has no certificate file: its first certificate comes from the CA.
+    #[error("the workload certificate comes from the mesh CA and has not been issued yet")]
+    NotIssuedYet,
 }
 
 /// Why the store could not open: nothing to serve with yet.
@@ -63,6 +69,11 @@ struct Settings {
 pub struct Store {
     policy: Live<PolicySnapshot>,
     tls: Live<TlsSnapshot>,
+    /// Held while credentials are built and published, so that a roots reload (which keeps the
+    /// certificate in use) never puts back a certificate a renewal has just replaced.
+    publishing: Mutex<()>,
+    /// Renewals from the mesh CA; `None` with a file source.
+    renewal: Mutex<Option<Renewal>>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
@@ -71,6 +82,15 @@ impl Store {
     /// Loads the first policy and credentials from the configured files; either failing is
     /// fatal at start, unlike on reload.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
+        let credentials = match &config.certs {
+            CertSource::MeshCa(_) => return Err(OpenError::Certificates(TlsLoadError::NotIssuedYet)),
+            files => read_files(files)?,
+        };
+        Self::open_with(config, metrics, &credentials)
+    }
+
+    /// Like [`Store::open`], with the first credentials given (the mesh CA's first issuance).
+    pub fn open_with(config: &Config, metrics: Arc<Metrics>, credentials: &Credentials) -> Result<Store, OpenError> {
         let settings = Settings {
             overrides: config.app_protocols.clone(),
             trust_domain: config.trust_domain.clone(),
@@ -80,13 +100,16 @@ impl Store {
         };
         let loaded = Loaded::from_path(settings.policy_path.as_deref())?;
         let policy = settings.policy_snapshot(1, config.workload.clone(), loaded);
-        let tls = settings.tls_snapshot(1, &read_credentials(&settings.certs)?)?;
+        let tls = settings.tls_snapshot(1, credentials)?;
         log_in_use(&tls, &settings.trust_domain);
         metrics.policy_in_force(1);
-        metrics.certificate_in_force(tls.not_after);
+        metrics.certificate_in_force(&settings.certs.describe(), &tls.serial, tls.not_after);
+        let renewal = matches!(settings.certs, CertSource::MeshCa(_)).then(Renewal::default);
         Ok(Store {
             policy: Live::new(policy),
             tls: Live::new(tls),
+            publishing: Mutex::new(()),
+            renewal: Mutex::new(renewal),
             settings,
             metrics,
         })
@@ -130,9 +153,63 @@ impl Store {
     /// earlier TLS session ends (its resumption store goes with the old generation). A set that
     /// cannot make a TLS configuration keeps the old one.
     pub fn publish_credentials(&self, credentials: &Credentials) -> Result<(), TlsLoadError> {
+        let _publishing = self.lock_publishing();
+        self.put_in_use(credentials)?;
+        self.metrics.certificate_reloaded();
+        Ok(())
+    }
+
+    /// Puts a certificate the mesh CA issued in force, as [`Store::publish_credentials`] does,
+    /// and counts the renewal; the next one is due at `next_renewal`.
+    pub fn publish_issued(&self, credentials: &Credentials, next_renewal: SystemTime) -> Result<(), TlsLoadError> {
+        let _publishing = self.lock_publishing();
+        self.put_in_use(credentials)?;
+        self.metrics.certificate_renewed(true, next_renewal);
+        self.update_renewal(|renewal| {
+            renewal.ok += 1;
+            renewal.next_at = Some(next_renewal);
+            renewal.last_error = None;
+        });
+        Ok(())
+    }
+
+    /// Counts a renewal that failed (the certificate in use stays) and when it is retried.
+    pub fn renewal_failed(&self, error: String, retry_at: SystemTime) {
+        self.metrics.certificate_renewed(false, retry_at);
+        self.update_renewal(|renewal| {
+            renewal.failed += 1;
+            renewal.next_at = Some(retry_at);
+            renewal.last_error = Some(error);
+        });
+    }
+
+    /// When the certificate in use is due for renewal.
+    pub fn renewal_scheduled(&self, at: SystemTime) {
+        self.metrics.certificate_renewal_due(at);
+        self.update_renewal(|renewal| renewal.next_at = Some(at));
+    }
+
+    /// How renewals from the mesh CA are going; `None` with a file source.
+    pub fn renewal(&self) -> Option<Renewal> {
+        self.renewal.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn update_renewal(&self, update: impl FnOnce(&mut Renewal)) {
+        if let Some(renewal) = self.renewal.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            update(renewal);
+        }
+    }
+
+    fn lock_publishing(&self) -> MutexGuard<'_, ()> {
+        self.publishing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Builds the next generation from `credentials` and makes it the one in use.
+    fn put_in_use(&self, credentials: &Credentials) -> Result<(), TlsLoadError> {
         let generation = self.tls().generation + 1;
         let snapshot = self.settings.tls_snapshot(generation, credentials)?;
-        self.metrics.certificate_reloaded(snapshot.not_after);
+        self.metrics
+            .certificate_in_force(&self.settings.certs.describe(), &snapshot.serial, snapshot.not_after);
         log_in_use(&snapshot, &self.settings.trust_domain);
         self.tls.replace(snapshot);
         Ok(())
@@ -158,16 +235,31 @@ impl Store {
         }
     }
 
-    /// Re-reads the certificate files; a failure keeps the last good credentials and is counted.
+    /// Re-reads the certificate files (with the mesh CA, the roots file only, keeping the issued
+    /// certificate); a failure keeps the last good credentials and is counted.
     pub fn reload_certificate_files(&self) {
-        let published = read_credentials(&self.settings.certs).and_then(|c| self.publish_credentials(&c));
-        if let Err(e) = published {
-            self.metrics.certificate_reload_failed();
-            tracing::error!(
-                error = %e,
-                generation = self.tls().generation,
-                "certificate reload failed; the last good certificates stay in use"
-            );
+        let publishing = self.lock_publishing();
+        let published = match &self.settings.certs {
+            CertSource::MeshCa(ca) => load_roots(&ca.root_cert)
+                .map_err(TlsLoadError::from)
+                .map(|roots| Credentials {
+                    roots,
+                    ..self.tls().credentials.clone()
+                }),
+            files => read_files(files),
+        }
+        .and_then(|credentials| self.put_in_use(&credentials));
+        drop(publishing);
+        match published {
+            Ok(()) => self.metrics.certificate_reloaded(),
+            Err(e) => {
+                self.metrics.certificate_reload_failed();
+                tracing::error!(
+                    error = %e,
+                    generation = self.tls().generation,
+                    "certificate reload failed; the last good certificates stay in use"
+                );
+            }
         }
     }
 }
@@ -214,9 +306,11 @@ fn log_in_use(tls: &TlsSnapshot, trust_domain: &str) {
     }
 }
 
-fn read_credentials(source: &CertSource) -> Result<Credentials, TlsLoadError> {
+/// The credentials a file source names.
+fn read_files(source: &CertSource) -> Result<Credentials, TlsLoadError> {
     Ok(match source {
         CertSource::Dir(dir) => Credentials::load_dir(dir)?,
         CertSource::Files { cert, key, ca } => Credentials::load_files(cert, key, ca)?,
+        CertSource::MeshCa(_) => return Err(TlsLoadError::NotIssuedYet),
     })
 }

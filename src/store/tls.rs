@@ -12,6 +12,8 @@ pub struct TlsSnapshot {
     pub identity: Option<SpiffeId>,
     pub serial: String,
     pub not_after: SystemTime,
+    /// What this generation was built from: a roots reload keeps the certificate and key.
+    pub credentials: Credentials,
 }
 
 impl TlsSnapshot {
@@ -27,6 +29,7 @@ impl TlsSnapshot {
             identity: credentials.identity.clone(),
             serial: credentials.serial.clone(),
             not_after: credentials.not_after,
+            credentials: credentials.clone(),
         })
     }
 

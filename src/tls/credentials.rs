@@ -25,7 +25,7 @@ pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 const MIN_RSA_BITS: usize = 2048;
 
 /// A workload's TLS identity, validated.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Credentials {
     /// Leaf first, then intermediates, as sent to peers.
     pub chain: Vec<CertificateDer<'static>>,
@@ -102,27 +102,39 @@ impl Credentials {
             cert_path: cert.into(),
         })?;
 
-        let mut roots = RootCertStore::empty();
-        for root in read_certificates(ca)? {
-            roots.add(root).map_err(|source| CredentialsError::BadRoot {
-                path: ca.into(),
-                source,
-            })?;
-        }
-        if roots.is_empty() {
-            return Err(CredentialsError::NoCertificate { path: ca.into() });
-        }
-
-        let not_after = not_after(&parsed);
-        Ok(Credentials {
-            identity: spiffe_ids_of(leaf).into_iter().next(),
-            serial: parsed.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
-            not_after,
-            key: Arc::new(certified),
-            roots: Arc::new(roots),
-            chain,
-        })
+        Ok(Credentials::new(&parsed, Arc::new(certified), load_roots(ca)?))
     }
+
+    /// Credentials from a checked key and chain (`key.cert`, leaf first, parsed as `leaf`) and
+    /// the roots clients must chain to.
+    pub fn new(leaf: &X509Certificate<'_>, key: Arc<CertifiedKey>, roots: Arc<RootCertStore>) -> Self {
+        Credentials {
+            identity: key.cert.first().and_then(|der| spiffe_ids_of(der).into_iter().next()),
+            serial: serial_of(leaf),
+            not_after: not_after(leaf),
+            chain: key.cert.clone(),
+            key,
+            roots,
+        }
+    }
+}
+
+/// A certificate's serial number, lowercase hex, as logs, `/config_dump` and metrics show it.
+pub fn serial_of(cert: &X509Certificate<'_>) -> String {
+    cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads the mesh root(s) from a PEM file: at least one certificate, each usable as a trust
+/// anchor.
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, CredentialsError> {
+    let mut roots = RootCertStore::empty();
+    for root in read_certificates(path)? {
+        roots.add(root).map_err(|source| CredentialsError::BadRoot {
+            path: path.into(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialsError> {

@@ -164,6 +164,11 @@ impl fmt::Display for Rfc3339 {
     }
 }
 
+/// A certificate's `notBefore` (the epoch for a date before it).
+pub fn not_before(parsed: &X509Certificate<'_>) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(parsed.validity().not_before.timestamp().max(0).unsigned_abs())
+}
+
 /// A certificate's `notAfter` (the epoch for a date before it).
 pub fn not_after(parsed: &X509Certificate<'_>) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs())

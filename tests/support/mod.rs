@@ -2,6 +2,8 @@ pub mod admin;
 pub mod app;
 pub mod clients;
 pub mod http_app;
+pub mod logs;
+pub mod mesh_ca;
 pub mod netns;
 pub mod pki;
 pub mod proxy;

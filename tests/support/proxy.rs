@@ -37,8 +37,23 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, policy).expect("write policy");
     let certs = pki.write("proxy-certs", &pki.server);
+    let mut line = run_line(app);
+    line.extend(["--policy".into(), policy_file.display().to_string()]);
+    line.extend(["--cert-dir".into(), certs.display().to_string()]);
+    line.extend(extra.iter().map(|word| word.to_string()));
+    let running = start_run_line(&line).await;
+    Proxy {
+        addr: running.explicit[0],
+        running,
+        dir,
+    }
+}
+
+/// `peerguard run` for workload `app=server` in namespace `default`, one explicit listener in
+/// front of `app`, every other port picked by the kernel; certificates and policy to add.
+pub fn run_line(app: SocketAddr) -> Vec<String> {
     let listen = format!("127.0.0.1:0={app}");
-    let mut line = vec![
+    [
         "peerguard",
         "run",
         "--inbound",
@@ -55,16 +70,9 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
         "127.0.0.1:0",
         "--metrics",
         "127.0.0.1:0",
-    ];
-    let (policy_arg, cert_arg) = (policy_file.display().to_string(), certs.display().to_string());
-    line.extend(["--policy", &policy_arg, "--cert-dir", &cert_arg]);
-    line.extend(extra);
-    let running = start_run_line(&line).await;
-    Proxy {
-        addr: running.explicit[0],
-        running,
-        dir,
-    }
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Starts peerguard in this process from a `peerguard run ...` command line, through the same
