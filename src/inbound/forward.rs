@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::outcome::{End, Transferred};
+use crate::outcome::{End, Opening, Transferred};
+use crate::tls::client_hello::starts_handshake_record;
 
 /// Bytes read per poll from one side: the per-direction buffer bound (docs/operating.md#limits).
 pub const CHUNK: usize = 32 * 1024;
@@ -33,6 +34,8 @@ struct Direction {
     read_eof: bool,
     shut_down: bool,
     bytes: u64,
+    /// The first byte this direction carried.
+    first_byte: Option<u8>,
 }
 
 /// Which side an I/O error came from, so the outcome can say who broke the connection.
@@ -111,6 +114,9 @@ impl Direction {
                 continue;
             }
             *moved = true;
+            if self.bytes == 0 {
+                self.first_byte = Some(data[0]);
+            }
             self.bytes += data.len() as u64;
             let mut written = 0;
             while written < data.len() {
@@ -150,6 +156,7 @@ where
     tokio::pin!(cut);
     let mut to_app = Direction::default();
     let mut to_client = Direction::default();
+    let mut opening = Opening::Unseen;
     let mut last_activity = Instant::now();
     // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
     // per read.
@@ -163,7 +170,9 @@ where
         let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
         let mut moved = false;
         if !to_app.done() {
-            if let Poll::Ready(Err((side, _))) = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved) {
+            let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
+            note_opening(&mut opening, &to_app, &to_client);
+            if let Poll::Ready(Err((side, _))) = pumped {
                 return Poll::Ready(match side {
                     Side::Source => End::ClientError,
                     Side::Destination => End::AppError,
@@ -171,7 +180,9 @@ where
             }
         }
         if !to_client.done() {
-            if let Poll::Ready(Err((side, _))) = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved) {
+            let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
+            note_opening(&mut opening, &to_app, &to_client);
+            if let Poll::Ready(Err((side, _))) = pumped {
                 return Poll::Ready(match side {
                     Side::Source => End::AppError,
                     Side::Destination => End::ClientError,
@@ -192,7 +203,22 @@ where
         to_app: to_app.bytes,
         to_client: to_client.bytes,
         end,
+        opening,
     }
+}
+
+/// Sets `opening` from whichever direction carried a byte first, once. Called after each
+/// direction is pumped, so that when both move in one poll the client's bytes count first.
+fn note_opening(opening: &mut Opening, to_app: &Direction, to_client: &Direction) {
+    if *opening != Opening::Unseen {
+        return;
+    }
+    *opening = match (to_app.first_byte, to_client.first_byte) {
+        (Some(first), _) if starts_handshake_record(first) => Opening::Tls,
+        (Some(_), _) => Opening::Plaintext,
+        (None, Some(_)) => Opening::ServerFirst,
+        (None, None) => Opening::Unseen,
+    };
 }
 
 /// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`.
@@ -261,7 +287,8 @@ mod tests {
             Transferred {
                 to_app: 7,
                 to_client: 25,
-                end: End::Completed
+                end: End::Completed,
+                opening: Opening::Plaintext,
             }
         );
     }
