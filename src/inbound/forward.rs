@@ -293,6 +293,46 @@ mod tests {
         );
     }
 
+    /// Forwards one connection on which `client_sends` and then `app_sends` are written (each
+    /// side then half-closes), and returns how the copy loop saw it open.
+    async fn opening_of(client_sends: &[u8], app_sends: &[u8]) -> Opening {
+        let (mut client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, mut app) = tcp_pair().await;
+        let proxy = tokio::spawn(async move {
+            forward(
+                &mut proxy_client_side,
+                &mut proxy_app_side,
+                Duration::from_secs(10),
+                std::future::pending(),
+            )
+            .await
+        });
+        // The app speaks first when asked to: the client waits for its bytes.
+        if !app_sends.is_empty() {
+            app.write_all(app_sends).await.unwrap();
+            let mut greeting = vec![0; app_sends.len()];
+            client.read_exact(&mut greeting).await.unwrap();
+        }
+        client.write_all(client_sends).await.unwrap();
+        client.shutdown().await.unwrap();
+        app.shutdown().await.unwrap();
+        let (mut rest, mut reply) = (Vec::new(), Vec::new());
+        app.read_to_end(&mut rest).await.unwrap();
+        client.read_to_end(&mut reply).await.unwrap();
+        proxy.await.unwrap().opening
+    }
+
+    #[tokio::test]
+    async fn the_copy_loop_tells_who_opened_and_with_what() {
+        assert_eq!(opening_of(b"GET / HTTP/1.1\r\n", b"").await, Opening::Plaintext);
+        assert_eq!(opening_of(&[22, 3, 1, 0, 5, 1], b"").await, Opening::Tls);
+        assert_eq!(
+            opening_of(b"EHLO me\r\n", b"220 smtp ready\r\n").await,
+            Opening::ServerFirst
+        );
+        assert_eq!(opening_of(b"", b"").await, Opening::Unseen);
+    }
+
     #[tokio::test]
     async fn an_idle_connection_times_out() {
         let (_client, mut proxy_client_side) = tcp_pair().await;
