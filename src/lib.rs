@@ -34,6 +34,6 @@ pub mod outcome;
 pub mod policy;
 mod reload;
 pub mod store;
-mod strict_audit;
+pub mod strict_audit;
 pub mod tls;
 pub mod tls_check;
