@@ -13,8 +13,8 @@ use serde_json::Value;
 use support::admin::{eventually, get, sample};
 use support::app::TestApp;
 use support::clients::{client_config, connect_from, plaintext_exchange_from, tls_exchange_from};
-use support::pki::{Pki, TestDir};
-use support::proxy::{namespace_policy, start_proxy, start_run_line};
+use support::pki::Pki;
+use support::proxy::{namespace_policy, start_proxy, start_proxy_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -141,38 +141,14 @@ async fn a_mixed_run_is_counted_by_verdict_and_kind_and_tabled_by_source() {
         disable_app.addr.port(),
         strict_app.addr.port(),
     );
-    let dir = TestDir::new("strict-audit");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, three_mode_policy(disable, strict)).unwrap();
-    let certs = pki.write("proxy-certs", &pki.server);
-    let mut line: Vec<String> = ["peerguard", "run", "--inbound", "none"].map(String::from).to_vec();
-    for app in [permissive_app.addr, disable_app.addr, strict_app.addr] {
-        line.extend(["--listen".into(), format!("127.0.0.1:0={app}")]);
-    }
-    line.extend(
-        [
-            "--namespace",
-            "default",
-            "--labels",
-            "app=server",
-            "--admin",
-            "127.0.0.1:0",
-            "--health",
-            "127.0.0.1:0",
-            "--metrics",
-            "none",
-            "--sniff-timeout",
-            "300ms",
-        ]
-        .map(String::from),
-    );
-    line.extend([
-        "--policy".into(),
-        policy.display().to_string(),
-        "--cert-dir".into(),
-        certs.display().to_string(),
-    ]);
-    let running = start_run_line(&line).await;
+    let proxy = start_proxy_for(
+        &pki,
+        &three_mode_policy(disable, strict),
+        &[permissive_app.addr, disable_app.addr, strict_app.addr],
+        &["--sniff-timeout", "300ms"],
+    )
+    .await;
+    let running = &proxy.running;
     let (to_permissive, to_disable, to_strict) = (running.explicit[0], running.explicit[1], running.explicit[2]);
     let admin = running.admin;
 

@@ -251,19 +251,25 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    #[tokio::test]
-    async fn copies_both_ways_and_passes_half_close_on() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, mut app) = tcp_pair().await;
+    /// A client and an app with `forward` running between them, and its task.
+    async fn forwarding(idle_timeout: Duration) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Transferred>) {
+        let (client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, app) = tcp_pair().await;
         let proxy = tokio::spawn(async move {
             forward(
                 &mut proxy_client_side,
                 &mut proxy_app_side,
-                Duration::from_secs(10),
+                idle_timeout,
                 std::future::pending(),
             )
             .await
         });
+        (client, app, proxy)
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (mut client, mut app, proxy) = forwarding(Duration::from_secs(10)).await;
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -296,17 +302,7 @@ mod tests {
     /// Forwards one connection on which `client_sends` and then `app_sends` are written (each
     /// side then half-closes), and returns how the copy loop saw it open.
     async fn opening_of(client_sends: &[u8], app_sends: &[u8]) -> Opening {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, mut app) = tcp_pair().await;
-        let proxy = tokio::spawn(async move {
-            forward(
-                &mut proxy_client_side,
-                &mut proxy_app_side,
-                Duration::from_secs(10),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, mut app, proxy) = forwarding(Duration::from_secs(10)).await;
         // The app speaks first when asked to: the client waits for its bytes.
         if !app_sends.is_empty() {
             app.write_all(app_sends).await.unwrap();
@@ -353,17 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn activity_keeps_the_idle_timer_away() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, mut app) = tcp_pair().await;
-        let proxy = tokio::spawn(async move {
-            forward(
-                &mut proxy_client_side,
-                &mut proxy_app_side,
-                Duration::from_millis(300),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, mut app, proxy) = forwarding(Duration::from_millis(300)).await;
         // Ten messages 100 ms apart: a full second, more than three idle periods.
         let mut one = [0u8; 1];
         for _ in 0..10 {
@@ -383,17 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_app_ends_the_connection_as_an_app_error() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, app) = tcp_pair().await;
-        let proxy = tokio::spawn(async move {
-            forward(
-                &mut proxy_client_side,
-                &mut proxy_app_side,
-                Duration::from_secs(10),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, app, proxy) = forwarding(Duration::from_secs(10)).await;
         socket2::SockRef::from(&app).set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
         drop(app);
         let done = tokio::time::timeout(Duration::from_secs(5), proxy)

@@ -85,7 +85,9 @@ impl StrictAudit {
         }
     }
 
-    /// The audit so far; `mode_of` gives each port's mode in force now.
+    /// The audit so far; `mode_of` gives each port's mode in force now. Built under the lock
+    /// (at most 128 tables of 256 sources): an admin request is rare, and the connections that
+    /// end meanwhile wait for it rather than for a copy of every table.
     pub fn report(&self, mode_of: impl Fn(u16) -> MtlsMode) -> AuditReport {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ports: Vec<PortReport> = state

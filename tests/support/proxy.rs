@@ -33,18 +33,22 @@ pub struct Proxy {
 /// Starts peerguard for workload `app=server` in namespace `default` with `policy`, one
 /// explicit listener in front of `app`, and the mesh server certificate of `pki`.
 pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str]) -> Proxy {
+    start_proxy_for(pki, policy, &[app], extra).await
+}
+
+/// [`start_proxy`] with one explicit listener in front of each of `apps`, in order
+/// (`running.explicit[i]` serves `apps[i]`; `addr` is the first).
+pub async fn start_proxy_for(pki: &Pki, policy: &str, apps: &[SocketAddr], extra: &[&str]) -> Proxy {
     let dir = TestDir::new("proxy");
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, policy).expect("write policy");
     let certs = pki.write("proxy-certs", &pki.server);
-    let listen = format!("127.0.0.1:0={app}");
-    let mut line = vec![
-        "peerguard",
-        "run",
-        "--inbound",
-        "none",
-        "--listen",
-        &listen,
+    let listens: Vec<String> = apps.iter().map(|app| format!("127.0.0.1:0={app}")).collect();
+    let mut line = vec!["peerguard", "run", "--inbound", "none"];
+    for listen in &listens {
+        line.extend(["--listen", listen]);
+    }
+    line.extend([
         "--namespace",
         "default",
         "--labels",
@@ -55,7 +59,7 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
         "127.0.0.1:0",
         "--metrics",
         "127.0.0.1:0",
-    ];
+    ]);
     let (policy_arg, cert_arg) = (policy_file.display().to_string(), certs.display().to_string());
     line.extend(["--policy", &policy_arg, "--cert-dir", &cert_arg]);
     line.extend(extra);
