@@ -294,6 +294,31 @@ unknown: TLS that peerguard passed through untouched (the app's own TLS, or any 
         assert!(text(&empty, 10).ends_with("No connection on a PERMISSIVE or DISABLE port yet.\n"));
     }
 
+    /// A server at a fresh loopback port that answers one request with `answer`.
+    fn answering(answer: &'static str) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request);
+            stream.write_all(answer.as_bytes()).unwrap();
+        });
+        addr
+    }
+
+    #[test]
+    fn another_server_or_an_older_peerguard_is_told_apart() {
+        let older = answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        let error = format!("{:#}", fetch(older).unwrap_err());
+        assert!(error.contains("is not served here"), "{error}");
+        let broken = answering("HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\noops\n");
+        let error = format!("{:#}", fetch(broken).unwrap_err());
+        assert!(error.ends_with("answered 500: oops"), "{error}");
+        let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+        assert_eq!(fetch(ok).unwrap(), "{}");
+    }
+
     #[test]
     fn an_address_where_nothing_listens_is_reported_with_the_flag_to_fix() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
