@@ -24,6 +24,7 @@ use crate::outcome::client_text::LogStyle;
 use crate::policy::PolicyError;
 use crate::reload::{Fingerprints, Reloader};
 use crate::store::{OpenError, Store, TlsLoadError};
+use crate::strict_audit::StrictAudit;
 
 /// Why the proxy could not start. The policy case has its own exit code (2), as in `check`.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let readiness = Arc::new(Readiness::new(store.clone()));
     let cut = Arc::new(Cut::default());
+    let audit = Arc::new(StrictAudit::new(metrics.strict_audit_evictions()));
     let data_path = Arc::new(DataPath {
         store: store.clone(),
         limits: config.limits,
@@ -110,6 +112,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             LogFormat::Json => LogStyle::Json,
         },
         cut: cut.clone(),
+        audit: audit.clone(),
     });
     let (endpoints_shutdown, endpoints_stop) = watch::channel(false);
 
@@ -194,6 +197,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store: store.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
+        audit,
     });
     tokio::spawn(server::serve(admin_tcp, admin_state.routes(), endpoints_stop.clone()));
     if let Some((ca, renew_at)) = renewal {

@@ -30,6 +30,9 @@ pub enum Command {
     /// For a client namespace and Service ports: which DestinationRule sets the client's TLS,
     /// which policy sets the server's mode, and whether they agree (istioctl's authn tls-check).
     TlsCheck(TlsCheckArgs),
+    /// What switching the PERMISSIVE and DISABLE ports of a running peerguard to STRICT would
+    /// break: the connections seen, the share STRICT would refuse, the sources to fix first.
+    Audit(AuditArgs),
     /// Start a complete local sandbox: throwaway mesh CA, echo app, peerguard, and commands to try.
     Demo(DemoArgs),
     /// Write a development mesh CA and a workload certificate in the --cert-dir layout.
@@ -282,6 +285,19 @@ pub struct TlsCheckArgs {
     /// Also say why: which policy and workload port, which pool, host and port entry.
     #[arg(long)]
     pub explain: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// The admin endpoint of the running peerguard (its `run --admin`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Sources listed per port, those to fix first first; 0 lists every one kept.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// `json` prints the admin endpoint's `/strict_audit` document as it is.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Clone, Args)]

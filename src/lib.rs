@@ -6,6 +6,7 @@
 //! - `admin`: the admin and health endpoints (config dump, metrics, readiness) and their small
 //!   HTTP server.
 //! - `metrics`: the Prometheus metric families.
+//! - `strict_audit`: what STRICT would do to the connections of PERMISSIVE and DISABLE ports.
 //! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
 //! - `mesh_ca`: the workload certificate from the mesh CA (Istio's gRPC CA service), renewed.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
@@ -14,14 +15,16 @@
 //! - `inbound`: the data path: classify -> decide -> terminate / forward / refuse -> record.
 //! - `tls`: ClientHello parser, workload credentials, rustls server configs, SPIFFE identity.
 //! - `net`: socket options, original destination, upstream source binding.
-//! - `check`, `certs`, `dev-ca`, `demo`, `iptables`: the other subcommands.
+//! - `check`, `tls_check`, `audit`, `certs`, `dev-ca`, `demo`, `iptables`: the other subcommands.
 #![forbid(unsafe_code)]
 
 mod admin;
 pub mod app;
+pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod cli;
+mod columns;
 pub mod config;
 pub mod demo;
 pub mod dev_ca;
@@ -34,5 +37,6 @@ pub mod outcome;
 pub mod policy;
 mod reload;
 pub mod store;
+pub mod strict_audit;
 pub mod tls;
 pub mod tls_check;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => peerguard::check::run(&args),
         Command::TlsCheck(args) => peerguard::tls_check::run(&args),
+        Command::Audit(args) => report(peerguard::audit::run(&args)),
         Command::Demo(args) => {
             init_tracing(LogFormat::Text);
             report(peerguard::demo::run(&args))

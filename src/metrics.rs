@@ -55,6 +55,14 @@ struct ConnectionLabels {
     reason: &'static str,
 }
 
+/// The STRICT audit's labels (docs/strict-audit.md): bounded like the connection labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StrictAuditLabels {
+    port: PortLabel,
+    verdict: &'static str,
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
@@ -169,6 +177,8 @@ pub struct Metrics {
     registry: Registry,
     ports: PortLabels,
     connections: Family<ConnectionLabels, Counter>,
+    strict_audit: Family<StrictAuditLabels, Counter>,
+    strict_audit_evicted: Counter,
     active_connections: Gauge,
     bytes_to_app: Counter,
     bytes_to_client: Counter,
@@ -207,6 +217,18 @@ impl Metrics {
             "connections",
             "Connections ended, by workload port, mTLS mode, action and reason",
             connections.clone(),
+        );
+        let strict_audit = Family::<StrictAuditLabels, Counter>::default();
+        registry.register(
+            "strict_audit",
+            "Connections on PERMISSIVE and DISABLE ports by what STRICT would have done (pass, refuse, unknown), by workload port and by what the client sent",
+            strict_audit.clone(),
+        );
+        let strict_audit_evicted = Counter::default();
+        registry.register(
+            "strict_audit_evicted_sources",
+            "Sources dropped from a full STRICT audit table (the least recently seen of the port) to make room for a new one",
+            strict_audit_evicted.clone(),
         );
         let active_connections = Gauge::default();
         registry.register("active_connections", "Connections open now", active_connections.clone());
@@ -301,6 +323,8 @@ impl Metrics {
             registry,
             ports: PortLabels::new(),
             connections,
+            strict_audit,
+            strict_audit_evicted,
             active_connections,
             bytes_to_app: bytes.get_or_create_owned(&DirectionLabels { direction: "to_app" }),
             bytes_to_client: bytes.get_or_create_owned(&DirectionLabels { direction: "to_client" }),
@@ -330,13 +354,22 @@ impl Metrics {
 
     /// Counts one finished connection from its record, with the labels the access log uses.
     pub fn connection_ended(&self, record: &Record) {
+        let port = self.ports.label(record.workload_port);
         let labels = ConnectionLabels {
-            port: self.ports.label(record.workload_port),
+            port,
             mode: record.mode.map_or("none", MtlsMode::as_str),
             action: record.action.as_str(),
             reason: record.reason.as_str(),
         };
         self.connections.get_or_create(&labels).inc();
+        if let Some(fate) = record.strict_fate() {
+            let labels = StrictAuditLabels {
+                port,
+                verdict: fate.verdict.as_str(),
+                kind: fate.kind.as_str(),
+            };
+            self.strict_audit.get_or_create(&labels).inc();
+        }
         self.bytes_to_app.inc_by(record.to_app);
         self.bytes_to_client.inc_by(record.to_client);
         if let Some(tls) = &record.tls {
@@ -392,6 +425,11 @@ impl Metrics {
         } else {
             PolicyLabel::Other
         }
+    }
+
+    /// The counter the STRICT audit table adds its evictions to.
+    pub fn strict_audit_evictions(&self) -> Counter {
+        self.strict_audit_evicted.clone()
     }
 
     /// The policy generation in force, set at start and by every successful reload.

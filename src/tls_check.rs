@@ -186,7 +186,6 @@ fn client_in_words(client: Option<&ClientRule>, args: &TlsCheckArgs) -> String {
 /// The table as istioctl's tabwriter laid it out: every column but the last padded to its
 /// widest cell plus 5 spaces.
 fn text(rows: &[Row]) -> String {
-    const PADDING: usize = 5;
     let header = [
         "HOST:PORT",
         "STATUS",
@@ -208,19 +207,7 @@ fn text(rows: &[Row]) -> String {
             ]
         }))
         .collect();
-    let mut widths = [0; 5];
-    for line in &cells {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for line in &cells {
-        for (width, cell) in widths.iter().zip(line) {
-            let _ = write!(out, "{cell:<0$}", width + PADDING);
-        }
-        let _ = writeln!(out, "{}", line[5]);
-    }
+    let mut out = crate::columns::render(&cells);
     let explained = rows.iter().filter_map(|row| row.explain.as_ref().map(|e| (row, e)));
     for (row, explanation) in explained {
         let _ = write!(

@@ -141,13 +141,26 @@ fn run(command: &str) -> String {
 #[test]
 fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
     let Started { demo, commands, check } = start_demo("files", &[], 0);
-    let expectations: [(u32, &[&str]); 6] = [
+    let expectations: [(u32, &[&str]); 8] = [
         (1, &["you reached me over plaintext"]),
         (2, &["you reached me over the app's own TLS"]),
         (3, &["you reached me over plaintext"]),
         (4, &["curl exit: 56", "you reached me over plaintext"]),
         (5, &["you reached me over the app's own TLS"]),
         (6, &["openssl exit: 1"]),
+        (
+            7,
+            &[
+                "STATUS",
+                "OK",
+                "STRICT",
+                "CONFLICT",
+                "DISABLE",
+                "ISTIO_MUTUAL",
+                "demo/echo",
+            ],
+        ),
+        (8, &["WOULD BE REFUSED", "sources to fix first", "127.0.0.1"]),
     ];
     for (section, wanted) in expectations {
         let output: String = commands
@@ -162,6 +175,34 @@ fn the_demo_shows_mtls_passthrough_and_refusal_with_real_clients() {
             );
         }
     }
+    // The audit after sections 1 to 6: on the PERMISSIVE port two mTLS calls that pass (the
+    // intruder's is denied by authorization, not by peer authentication), the app's own TLS
+    // twice, plaintext once; on the DISABLE port the app's own TLS once. The STRICT port is not
+    // audited.
+    let audit: String = commands.iter().filter(|(s, _)| *s == 8).map(|(_, c)| run(c)).collect();
+    let summary_rows: Vec<Vec<&str>> = audit
+        .lines()
+        .map(|line| line.split_whitespace().skip(1).collect())
+        .filter(|words: &Vec<&str>| words.len() == 7 && ["PERMISSIVE", "DISABLE", "STRICT"].contains(&words[0]))
+        .collect();
+    assert_eq!(
+        summary_rows,
+        [
+            ["PERMISSIVE", "5", "2", "1", "(20.0%)", "2", "(40.0%)"],
+            ["DISABLE", "1", "0", "0", "(0.0%)", "1", "(100.0%)"],
+        ],
+        "{audit}"
+    );
+    for (kind, verdict) in [("plaintext", "refuse"), ("tls", "unknown")] {
+        assert!(
+            audit.lines().any(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                words.starts_with(&["127.0.0.1", kind, verdict])
+            }),
+            "a {kind} source to fix:\n{audit}"
+        );
+    }
+
     assert!(
         check.starts_with(&format!("{BIN} check ")),
         "the check command names the running binary: {check}"
@@ -204,7 +245,7 @@ fn the_mesh_ca_demo_gets_its_certificate_over_grpc_and_serves_mtls_with_it() {
     let section = |n: u32| -> String { commands.iter().filter(|(s, _)| *s == n).map(|(_, c)| run(c)).collect() };
     let mtls = section(1);
     assert!(mtls.contains("you reached me over plaintext"), "{mtls}");
-    let dump = section(7);
+    let dump = section(9);
     assert!(
         dump.contains("\"kind\": \"mesh_ca\"") && dump.contains("spiffe://cluster.local/ns/demo/sa/echo"),
         "{dump}"

@@ -5,7 +5,8 @@
 //! - `health`: readiness, and the health endpoint's routes (the app's rewritten probes too).
 //! - `app_probe`: running one of those probes against the app.
 //!
-//! Routes: `/` (lists the others), `/config_dump`, `/stats/prometheus`, `/ready`.
+//! Routes: `/` (lists the others), `/config_dump`, `/strict_audit`, `/stats/prometheus`,
+//! `/ready`.
 
 mod app_probe;
 pub mod config_dump;
@@ -19,6 +20,7 @@ use hyper::StatusCode;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::strict_audit::StrictAudit;
 use config_dump::{Addresses, CertificateStatus, ConfigDump};
 use health::Readiness;
 use server::Routes;
@@ -29,6 +31,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// `GET /`: what a person who opens the admin address finds there.
 const INDEX: &str = "peerguard admin endpoint\n\
     /config_dump        the workload, listeners, each port's mode and protocol, the certificate (JSON)\n\
+    /strict_audit       what STRICT would do to the PERMISSIVE and DISABLE ports' connections (JSON)\n\
     /stats/prometheus   metrics (OpenMetrics text)\n\
     /ready              readiness: 200, or 503 with the reason\n";
 
@@ -38,6 +41,7 @@ pub struct Admin {
     pub store: Arc<Store>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<StrictAudit>,
 }
 
 /// Where Prometheus scrapes, on the admin and on the metrics endpoint.
@@ -63,11 +67,19 @@ impl Admin {
     pub fn routes(self: Arc<Self>) -> Routes {
         Arc::new(move |path| match path {
             "/config_dump" => self.config_dump().into(),
+            "/strict_audit" => self.strict_audit().into(),
             METRICS_PATH => scrape(&self.metrics).into(),
             "/ready" => health::ready_response(&self.readiness).into(),
             "/" => server::text(StatusCode::OK, INDEX.to_owned()).into(),
             other => server::not_found(other).into(),
         })
+    }
+
+    fn strict_audit(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        let policy = self.store.policy();
+        let report = self.audit.report(|port| policy.port(port).policy.mode);
+        drop(policy);
+        json(&report, "encoding the audit")
     }
 
     fn config_dump(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
@@ -78,9 +90,14 @@ impl Admin {
             renewal: self.store.renewal(),
         };
         let dump = ConfigDump::new(&self.addresses, &policy, &tls, status, self.readiness.check(now), now);
-        match serde_json::to_string_pretty(&dump) {
-            Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding config: {e}\n")),
-        }
+        json(&dump, "encoding config")
+    }
+}
+
+/// `value` as pretty JSON, or a 500 that says what failed.
+fn json(value: &impl serde::Serialize, what: &str) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),
+        Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}\n")),
     }
 }

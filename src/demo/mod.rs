@@ -1,6 +1,7 @@
 //! `peerguard demo`: a complete local sandbox on built-in defaults. A throwaway mesh CA, an
 //! echo app that speaks plaintext and its own TLS on three ports, peerguard in front of it with
-//! one PERMISSIVE, one STRICT and one DISABLE port, and the commands that show each behaviour.
+//! one PERMISSIVE, one STRICT and one DISABLE port, and the commands that show each behaviour,
+//! what `tls-check` says of the echo Service's ports, and what the STRICT audit made of it all.
 
 mod echo_app;
 mod ports;
@@ -229,7 +230,40 @@ spec:
   - from:
     - source:
         ipBlocks: [127.0.0.1/32]
+---
+# The echo Service (ports named without a protocol prefix: the app protocol stays undeclared),
+# and the rule that makes mesh clients send mTLS to it, for `peerguard tls-check`.
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    app: echo
+  ports:
+  - name: permissive
+    port: {permissive}
+    targetPort: {permissive}
+  - name: strict
+    port: {strict}
+    targetPort: {strict}
+  - name: disable
+    port: {disable}
+    targetPort: {disable}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo
+  namespace: {NAMESPACE}
+spec:
+  host: echo
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
 ",
+        permissive = ports.permissive.1,
         strict = ports.strict.1,
         disable = ports.disable.1,
     )
@@ -292,7 +326,7 @@ fn instructions(dir: &Path, removed_at_exit: bool, ports: &Ports, run_line: &[St
     let (permissive, strict, disable) = (ports.permissive.0, ports.strict.0, ports.disable.0);
     let certificate = if mesh_ca {
         format!(
-            "# 7. The workload certificate came from the demo's mesh CA on 127.0.0.1:{ca} over Istio's gRPC CA service (IstioCertificateService/CreateCertificate); its source, serial and next renewal:
+            "# 9. The workload certificate came from the demo's mesh CA on 127.0.0.1:{ca} over Istio's gRPC CA service (IstioCertificateService/CreateCertificate); its source, serial and next renewal:
 curl -sS http://127.0.0.1:{admin}/config_dump
 
 ",
@@ -332,6 +366,12 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1
 # 6. Who may connect: the client's mTLS call in 1. was allowed by demo/echo-callers (see authz_policy in its log line); the intruder's valid certificate is denied by demo/deny-intruder, reset before the app sees a byte:
 printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:{permissive} -alpn istio -cert {d}/intruder-certs/cert-chain.pem -key {d}/intruder-certs/key.pem -CAfile {d}/intruder-certs/root-cert.pem; echo \"openssl exit: $?\"
 
+# 7. The client side: a mesh client in {NAMESPACE} sends mTLS to every port of the echo Service (DestinationRule demo/echo); the DISABLE port does not take it (CONFLICT, as 5. showed: the app's own TLS answered):
+{peerguard} tls-check --policy {d}/policy.yaml --client-namespace {NAMESPACE}
+
+# 8. Before moving to STRICT: what STRICT would have done to each connection above on the PERMISSIVE and DISABLE ports, and the sources to fix first:
+{peerguard} audit --admin 127.0.0.1:{admin}
+
 {certificate}# What would peerguard do, and why (add --principal spiffe://cluster.local/ns/{NAMESPACE}/sa/intruder --port {pa} to ask about a peer):
 {peerguard} check --policy {d}/policy.yaml --namespace {NAMESPACE} --labels {WORKLOAD_LABELS}
 ",
@@ -339,6 +379,7 @@ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1
         sa = ports.strict.1,
         da = ports.disable.1,
         base = ports.base,
+        admin = ports.admin,
         run = run_line.iter().map(|word| shell_word(word)).collect::<Vec<_>>().join(" "),
     )
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use crate::outcome::Opening;
 use crate::tls::client_hello::{self, ClientHello, HelloParse};
 
 /// How much of a connection may be read, and for how long, before deciding.
@@ -36,6 +37,19 @@ pub enum Sniffed {
     Malformed,
     /// A ClientHello larger than `--max-client-hello`.
     TooLarge,
+}
+
+impl Sniffed {
+    /// How the client opened the connection; `Unseen` when the bytes were not read.
+    pub fn opening(&self) -> Opening {
+        match self {
+            Sniffed::NotRead => Opening::Unseen,
+            Sniffed::Silent => Opening::ServerFirst,
+            Sniffed::Plaintext => Opening::Plaintext,
+            Sniffed::Tls(_) => Opening::Tls,
+            Sniffed::Stalled | Sniffed::Malformed | Sniffed::TooLarge => Opening::BrokenTls,
+        }
+    }
 }
 
 /// The first bytes, classified.

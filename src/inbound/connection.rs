@@ -23,10 +23,11 @@ use crate::inbound::terminate::terminate;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
 use crate::outcome::record::{Ended, Record, TlsRecord};
-use crate::outcome::{Action, Reason, Transferred};
+use crate::outcome::{Action, Opening, Reason, Transferred};
 use crate::policy::authorization::{Authorizer, ConnectionFacts, Verdict};
 use crate::policy::AppProtocol;
 use crate::store::{PortMode, Store};
+use crate::strict_audit::StrictAudit;
 use crate::tls::identity::SpiffeId;
 
 /// What every connection handler shares: the live policy and credentials, the limits, and the
@@ -38,6 +39,8 @@ pub struct DataPath {
     pub log_style: LogStyle,
     /// Set when the drain deadline has passed: open connections end at once.
     pub cut: Arc<Cut>,
+    /// What STRICT would have done to each finished connection.
+    pub audit: Arc<StrictAudit>,
 }
 
 impl DataPath {
@@ -86,6 +89,7 @@ impl DataPath {
             Classified::not_read()
         };
         let decision = decide(mode, &classified.sniffed, port.policy.http_alpn);
+        let read_opening = classified.sniffed.opening();
         let sniff_time = classified.elapsed;
         let prefix = classified.prefix;
         let mut tls = match classified.sniffed {
@@ -119,16 +123,24 @@ impl DataPath {
             // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
             (Action::Terminate, None) => Err(Reason::HandshakeFailed),
         };
+        // A port that forwards before reading (DISABLE) learns how the client opened from the
+        // copy loop.
+        let opening = match (&reached_app, read_opening) {
+            (Ok(transfer), Opening::Unseen) => transfer.opening,
+            _ => read_opening,
+        };
         match reached_app {
             Ok(transfer) => Ended {
                 action: decision.action,
                 reason: decision.reason,
+                opening,
                 sniff_time,
                 tls,
                 transfer: Some(transfer),
                 authorization,
             },
             Err(reason) => Ended {
+                opening,
                 sniff_time,
                 tls,
                 authorization,

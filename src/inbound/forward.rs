@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::inbound::splice::Pipe;
-use crate::outcome::{End, Transferred};
+use crate::outcome::{End, Opening, Transferred};
+use crate::tls::client_hello::starts_handshake_record;
 
 /// Bytes read per poll from one side: the per-direction buffer bound (docs/operating.md#limits).
 pub const CHUNK: usize = 32 * 1024;
@@ -63,6 +64,8 @@ struct Direction {
     read_eof: bool,
     shut_down: bool,
     bytes: u64,
+    /// The first byte this direction carried.
+    first_byte: Option<u8>,
 }
 
 /// Which side an I/O error came from, so the outcome can say who broke the connection.
@@ -172,6 +175,9 @@ impl Direction {
                 continue;
             }
             *moved = true;
+            if self.bytes == 0 {
+                self.first_byte = Some(data[0]);
+            }
             self.bytes += data.len() as u64;
             if data.len() == chunk {
                 // Bulk. The pipe is filled only once the spill below has gone out, so the
@@ -228,6 +234,7 @@ where
     tokio::pin!(cut);
     let mut to_app = Direction::default();
     let mut to_client = Direction::default();
+    let mut opening = Opening::Unseen;
     let mut last_activity = Instant::now();
     // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
     // per read.
@@ -241,7 +248,9 @@ where
         let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
         let mut moved = false;
         if !to_app.done() {
-            if let Poll::Ready(Err((side, _))) = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved) {
+            let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
+            note_opening(&mut opening, &to_app, &to_client);
+            if let Poll::Ready(Err((side, _))) = pumped {
                 return Poll::Ready(match side {
                     Side::Source => End::ClientError,
                     Side::Destination => End::AppError,
@@ -249,7 +258,9 @@ where
             }
         }
         if !to_client.done() {
-            if let Poll::Ready(Err((side, _))) = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved) {
+            let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
+            note_opening(&mut opening, &to_app, &to_client);
+            if let Poll::Ready(Err((side, _))) = pumped {
                 return Poll::Ready(match side {
                     Side::Source => End::AppError,
                     Side::Destination => End::ClientError,
@@ -281,7 +292,22 @@ where
         to_app: to_app.bytes,
         to_client: to_client.bytes,
         end,
+        opening,
     }
+}
+
+/// Sets `opening` from whichever direction carried a byte first, once. Called after each
+/// direction is pumped, so that when both move in one poll the client's bytes count first.
+fn note_opening(opening: &mut Opening, to_app: &Direction, to_client: &Direction) {
+    if *opening != Opening::Unseen {
+        return;
+    }
+    *opening = match (to_app.first_byte, to_client.first_byte) {
+        (Some(first), _) if starts_handshake_record(first) => Opening::Tls,
+        (Some(_), _) => Opening::Plaintext,
+        (None, Some(_)) => Opening::ServerFirst,
+        (None, None) => Opening::Unseen,
+    };
 }
 
 /// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`. On the way, once
@@ -331,19 +357,25 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    #[tokio::test]
-    async fn copies_both_ways_and_passes_half_close_on() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, mut app) = tcp_pair().await;
+    /// A client and an app with `forward` running between them, and its task.
+    async fn forwarding(idle_timeout: Duration) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Transferred>) {
+        let (client, mut proxy_client_side) = tcp_pair().await;
+        let (mut proxy_app_side, app) = tcp_pair().await;
         let proxy = tokio::spawn(async move {
             forward(
                 &mut proxy_client_side,
                 &mut proxy_app_side,
-                Duration::from_secs(10),
+                idle_timeout,
                 std::future::pending(),
             )
             .await
         });
+        (client, app, proxy)
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (mut client, mut app, proxy) = forwarding(Duration::from_secs(10)).await;
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -367,9 +399,40 @@ mod tests {
             Transferred {
                 to_app: 7,
                 to_client: 25,
-                end: End::Completed
+                end: End::Completed,
+                opening: Opening::Plaintext,
             }
         );
+    }
+
+    /// Forwards one connection on which `client_sends` and then `app_sends` are written (each
+    /// side then half-closes), and returns how the copy loop saw it open.
+    async fn opening_of(client_sends: &[u8], app_sends: &[u8]) -> Opening {
+        let (mut client, mut app, proxy) = forwarding(Duration::from_secs(10)).await;
+        // The app speaks first when asked to: the client waits for its bytes.
+        if !app_sends.is_empty() {
+            app.write_all(app_sends).await.unwrap();
+            let mut greeting = vec![0; app_sends.len()];
+            client.read_exact(&mut greeting).await.unwrap();
+        }
+        client.write_all(client_sends).await.unwrap();
+        client.shutdown().await.unwrap();
+        app.shutdown().await.unwrap();
+        let (mut rest, mut reply) = (Vec::new(), Vec::new());
+        app.read_to_end(&mut rest).await.unwrap();
+        client.read_to_end(&mut reply).await.unwrap();
+        proxy.await.unwrap().opening
+    }
+
+    #[tokio::test]
+    async fn the_copy_loop_tells_who_opened_and_with_what() {
+        assert_eq!(opening_of(b"GET / HTTP/1.1\r\n", b"").await, Opening::Plaintext);
+        assert_eq!(opening_of(&[22, 3, 1, 0, 5, 1], b"").await, Opening::Tls);
+        assert_eq!(
+            opening_of(b"EHLO me\r\n", b"220 smtp ready\r\n").await,
+            Opening::ServerFirst
+        );
+        assert_eq!(opening_of(b"", b"").await, Opening::Unseen);
     }
 
     #[tokio::test]
@@ -392,17 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn activity_keeps_the_idle_timer_away() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, mut app) = tcp_pair().await;
-        let proxy = tokio::spawn(async move {
-            forward(
-                &mut proxy_client_side,
-                &mut proxy_app_side,
-                Duration::from_millis(300),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, mut app, proxy) = forwarding(Duration::from_millis(300)).await;
         // Ten messages 100 ms apart: a full second, more than three idle periods.
         let mut one = [0u8; 1];
         for _ in 0..10 {
@@ -422,17 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_app_ends_the_connection_as_an_app_error() {
-        let (mut client, mut proxy_client_side) = tcp_pair().await;
-        let (mut proxy_app_side, app) = tcp_pair().await;
-        let proxy = tokio::spawn(async move {
-            forward(
-                &mut proxy_client_side,
-                &mut proxy_app_side,
-                Duration::from_secs(10),
-                std::future::pending(),
-            )
-            .await
-        });
+        let (mut client, app, proxy) = forwarding(Duration::from_secs(10)).await;
         socket2::SockRef::from(&app).set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
         drop(app);
         let done = tokio::time::timeout(Duration::from_secs(5), proxy)

@@ -79,6 +79,7 @@ impl Listener {
                 };
                 record.log(data_path.log_style);
                 metrics.connection_ended(&record);
+                data_path.audit.record(&record);
                 drop(permit);
             });
         }

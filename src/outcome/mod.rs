@@ -4,9 +4,11 @@
 //!   `as_str()` is both the access-log field and the metric label, so the two never disagree.
 //! - `record`: the one record every connection ends in.
 //! - `client_text`: what a client sent, escaped for the access log.
+//! - `strict_fate`: what a connection would have met under STRICT (the audit of §8.2).
 
 pub mod client_text;
 pub mod record;
+pub mod strict_fate;
 
 use serde::Serialize;
 
@@ -170,12 +172,34 @@ impl End {
     }
 }
 
+/// How the client opened the connection, as far as peerguard saw: what STRICT would have
+/// judged it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Opening {
+    /// Nothing was seen: the connection ended before a byte crossed either way.
+    Unseen,
+    /// The client sent nothing within the sniff timeout, or the app spoke first (a
+    /// server-first protocol on a DISABLE port).
+    ServerFirst,
+    /// The first bytes are not a TLS handshake record.
+    Plaintext,
+    /// A TLS handshake record: on a port that reads first bytes, a whole ClientHello.
+    Tls,
+    /// A TLS handshake record that did not become a usable ClientHello (malformed, stalled, or
+    /// over `--max-client-hello`).
+    BrokenTls,
+}
+
 /// What crossed the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
     pub to_app: u64,
     pub to_client: u64,
     pub end: End,
+    /// What crossed first, as the copy loop saw it: the client's first byte (a TLS record or
+    /// not), or the app's. Only a DISABLE port, whose first bytes are not read before
+    /// forwarding, needs it; after termination it describes the decrypted stream.
+    pub opening: Opening,
 }
 
 #[cfg(test)]

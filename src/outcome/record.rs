@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::outcome::client_text::{ClientList, ClientText, LogStyle};
-use crate::outcome::{Action, End, Reason, Transferred};
+use crate::outcome::{Action, End, Opening, Reason, Transferred};
 use crate::policy::authorization::{Decider, Verdict};
 use crate::policy::MtlsMode;
 use crate::tls::client_hello::ClientHello;
@@ -25,6 +25,8 @@ pub struct Record {
     pub policy: Option<Arc<str>>,
     pub action: Action,
     pub reason: Reason,
+    /// How the client opened the connection: what STRICT would have judged it by.
+    pub opening: Opening,
     pub to_app: u64,
     pub to_client: u64,
     /// How the byte copying ended, for connections that reached the app.
@@ -64,6 +66,7 @@ pub struct TlsRecord {
 pub struct Ended {
     pub action: Action,
     pub reason: Reason,
+    pub opening: Opening,
     /// Time spent waiting for and reading the first bytes, when they were read.
     pub sniff_time: Option<Duration>,
     pub tls: Option<Box<TlsRecord>>,
@@ -78,6 +81,7 @@ impl Ended {
         Ended {
             action: Action::Refuse,
             reason,
+            opening: Opening::Unseen,
             sniff_time: None,
             tls: None,
             transfer: None,
@@ -118,6 +122,7 @@ impl Record {
             policy,
             action: ended.action,
             reason: ended.reason,
+            opening: ended.opening,
             to_app: transfer.map_or(0, |t| t.to_app),
             to_client: transfer.map_or(0, |t| t.to_client),
             end: transfer.map(|t| t.end),

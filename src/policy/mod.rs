@@ -33,7 +33,7 @@ mod test_support;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
 pub use ports::{ResolvedPort, WorkloadPorts};
@@ -43,7 +43,7 @@ pub use set::{Loaded, PolicySet};
 pub(crate) use node::parse_port;
 
 /// An effective mTLS mode (UNSET exists only inside policies; it never comes out of resolution).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     Disable,

@@ -84,6 +84,12 @@ const EXT_ALPN: usize = 16;
 const NAME_TYPE_HOST_NAME: u8 = 0;
 const MAX_HOST_NAME_LEN: usize = 253;
 
+/// Whether a connection whose first byte is `first` begins with a TLS handshake record: all that
+/// can be told without reading on (a DISABLE port forwards before reading anything).
+pub fn starts_handshake_record(first: u8) -> bool {
+    first == CONTENT_TYPE_HANDSHAKE
+}
+
 /// Parses the first bytes of a connection as a TLS ClientHello.
 pub fn parse(buf: &[u8]) -> HelloParse {
     match buf {

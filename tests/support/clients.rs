@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses its own subset of these helpers
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -15,14 +15,30 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 pub const STEP: Duration = Duration::from_secs(10);
 
+/// A connection to `addr` from the loopback address `source` (any of 127.0.0.0/8), as from
+/// another client host.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 /// Sends `payload`, half-closes, and reads until the far end closes.
 pub async fn plaintext_exchange(addr: SocketAddr, payload: &[u8]) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(addr).await?;
+    plaintext_over(TcpStream::connect(addr).await?, payload).await
+}
+
+/// [`plaintext_exchange`] from the loopback address `source`.
+pub async fn plaintext_exchange_from(source: IpAddr, addr: SocketAddr, payload: &[u8]) -> io::Result<Vec<u8>> {
+    plaintext_over(connect_from(source, addr).await?, payload).await
+}
+
+async fn plaintext_over(mut stream: TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {
     stream.write_all(payload).await?;
     stream.shutdown().await?;
     let mut reply = Vec::new();
@@ -54,7 +70,20 @@ pub fn client_config(alpn: &[&str], client_cert: Option<&IssuedCert>) -> Arc<Cli
 
 /// Handshakes with `config`, sends `payload`, half-closes, and reads the reply to EOF.
 pub async fn tls_exchange(addr: SocketAddr, config: Arc<ClientConfig>, payload: &[u8]) -> io::Result<TlsExchange> {
-    let tcp = TcpStream::connect(addr).await?;
+    tls_over(TcpStream::connect(addr).await?, config, payload).await
+}
+
+/// [`tls_exchange`] from the loopback address `source`.
+pub async fn tls_exchange_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    payload: &[u8],
+) -> io::Result<TlsExchange> {
+    tls_over(connect_from(source, addr).await?, config, payload).await
+}
+
+async fn tls_over(tcp: TcpStream, config: Arc<ClientConfig>, payload: &[u8]) -> io::Result<TlsExchange> {
     let written = Arc::new(Mutex::new(Vec::new()));
     let tapped = Tap {
         inner: tcp,

@@ -33,11 +33,17 @@ pub struct Proxy {
 /// Starts peerguard for workload `app=server` in namespace `default` with `policy`, one
 /// explicit listener in front of `app`, and the mesh server certificate of `pki`.
 pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str]) -> Proxy {
+    start_proxy_for(pki, policy, &[app], extra).await
+}
+
+/// [`start_proxy`] with one explicit listener in front of each of `apps`, in order
+/// (`running.explicit[i]` serves `apps[i]`; `addr` is the first).
+pub async fn start_proxy_for(pki: &Pki, policy: &str, apps: &[SocketAddr], extra: &[&str]) -> Proxy {
     let dir = TestDir::new("proxy");
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, policy).expect("write policy");
     let certs = pki.write("proxy-certs", &pki.server);
-    let mut line = run_line(app);
+    let mut line = run_line_for(apps);
     line.extend(["--policy".into(), policy_file.display().to_string()]);
     line.extend(["--cert-dir".into(), certs.display().to_string()]);
     line.extend(extra.iter().map(|word| word.to_string()));
@@ -52,27 +58,31 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
 /// `peerguard run` for workload `app=server` in namespace `default`, one explicit listener in
 /// front of `app`, every other port picked by the kernel; certificates and policy to add.
 pub fn run_line(app: SocketAddr) -> Vec<String> {
-    let listen = format!("127.0.0.1:0={app}");
-    [
-        "peerguard",
-        "run",
-        "--inbound",
-        "none",
-        "--listen",
-        &listen,
-        "--namespace",
-        "default",
-        "--labels",
-        "app=server",
-        "--admin",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec()
+    run_line_for(&[app])
+}
+
+/// [`run_line`] with one explicit listener in front of each of `apps`, in order.
+fn run_line_for(apps: &[SocketAddr]) -> Vec<String> {
+    let mut line: Vec<String> = ["peerguard", "run", "--inbound", "none"].map(String::from).to_vec();
+    for app in apps {
+        line.extend(["--listen".into(), format!("127.0.0.1:0={app}")]);
+    }
+    line.extend(
+        [
+            "--namespace",
+            "default",
+            "--labels",
+            "app=server",
+            "--admin",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    line
 }
 
 /// Starts peerguard in this process from a `peerguard run ...` command line, through the same
