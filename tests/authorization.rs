@@ -192,8 +192,10 @@ impl Setup {
     }
 }
 
-/// A TCP connection from `source` (a 127.0.0.x address) to `to`.
-async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+/// A TCP connection from `source` (a 127.0.0.x address) to `to`; `None` when the proxy reset
+/// it so soon that `connect` itself saw the reset (a DISABLE port denies at accept, and the
+/// RST can overtake the client's check of its own connect).
+async fn connect_from(source: [u8; 4], to: SocketAddr) -> Option<TcpStream> {
     // Binding port 0 picks the source port before the destination is known, so the kernel can
     // pick one whose 4-tuple to `to` is still in TIME_WAIT from an earlier test, and connect
     // then fails with EADDRNOTAVAIL; another port does not.
@@ -202,12 +204,21 @@ async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(IpAddr::from(source), 0)).unwrap();
         match socket.connect(to).await {
-            Ok(stream) => return stream,
+            Ok(stream) => return Some(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
             Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => last_error = Some(e),
             Err(e) => panic!("connecting from {source:?} to {to}: {e}"),
         }
     }
     panic!("connecting from {source:?} to {to}: {last_error:?}")
+}
+
+/// Whether `message` sent from `source` comes back from `to` (false when the proxy reset it).
+async fn echoes_from(source: [u8; 4], to: SocketAddr, message: &[u8]) -> bool {
+    match connect_from(source, to).await {
+        Some(mut stream) => echoes(&mut stream, message).await,
+        None => false,
+    }
 }
 
 /// Whether `message` comes back over `stream` (false when the proxy reset it).
@@ -235,8 +246,7 @@ async fn mesh_round_trip(setup: &Setup, to: SocketAddr, peer: &IssuedCert) -> bo
 /// The app's own TLS (no mesh ALPN, so passed through) with `sni`, from `source`: true when the
 /// ClientHello reached the app (the echo app sends it back, which is not a ServerHello).
 async fn app_tls_reaches_the_app(to: SocketAddr, source: [u8; 4], sni: &str) -> bool {
-    let mut tcp = connect_from(source, to).await;
-    echoes(&mut tcp, &client_hello(sni)).await
+    echoes_from(source, to, &client_hello(sni)).await
 }
 
 /// A real rustls ClientHello for `sni`, offering `h2`: the app's own TLS, as far as the proxy
@@ -313,10 +323,10 @@ async fn plaintext_and_the_apps_own_tls_are_judged_by_address_and_sni_on_every_p
     // Plaintext: allowed from 127.0.0.2 (rule 1), denied from 127.0.0.4, on PERMISSIVE and DISABLE.
     for (to, accepted) in [setup.target(&setup.permissive), setup.target(&setup.disable)] {
         let before = accepted.load(Ordering::SeqCst);
-        assert!(echoes(&mut connect_from([127, 0, 0, 2], to).await, b"from .2").await);
+        assert!(echoes_from([127, 0, 0, 2], to, b"from .2").await);
         let record = setup.record().await;
         assert_verdict(&record, record["reason"].as_str().unwrap(), "allow", "default/web#1");
-        assert!(!echoes(&mut connect_from([127, 0, 0, 4], to).await, b"from .4").await);
+        assert!(!echoes_from([127, 0, 0, 4], to, b"from .4").await);
         let record = setup.record().await;
         assert_verdict(&record, "denied_by_policy", "deny", "-");
         assert_eq!(
@@ -327,7 +337,7 @@ async fn plaintext_and_the_apps_own_tls_are_judged_by_address_and_sni_on_every_p
     }
     // A DISABLE port is judged at accept: the dry-run DENY says what it would do, not enforced.
     let to = setup.listener(&setup.disable);
-    assert!(echoes(&mut connect_from([127, 0, 0, 2], to).await, b"again").await);
+    assert!(echoes_from([127, 0, 0, 2], to, b"again").await);
     let record = setup.record().await;
     assert_eq!(record["reason"], "passthrough_disabled");
     assert_eq!(record["authz_dry_run"], "deny:default/try-deny-client#0", "{record}");
