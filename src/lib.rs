@@ -6,7 +6,8 @@
 //! - `admin`: the admin and health endpoints (config dump, metrics, readiness) and their small
 //!   HTTP server.
 //! - `metrics`: the Prometheus metric families.
-//! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
+//! - `reload`: hot reload of policy, certificates and the labels file on change or SIGHUP.
+//! - `cluster`: the Kubernetes API as a policy source (watch, validate, publish).
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `store`: the live policy and credentials: loaded, validated, last good kept, published.
 //! - `outcome`: the connection's vocabulary (action, reason, the record, log escaping).
@@ -21,6 +22,7 @@ pub mod app;
 pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod inbound;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::policy::{MtlsMode, PolicySource, PortProtocol, Workload};
-use crate::store::{PolicySnapshot, PortMode, TlsSnapshot};
+use crate::store::{PolicySnapshot, PortMode, SourceStatus, TlsSnapshot};
 use crate::tls::identity::unix_seconds;
 
 /// One bound data-path listener.
@@ -51,6 +51,8 @@ struct Ready {
 #[derive(Serialize)]
 struct PolicyView<'a> {
     generation: u64,
+    /// Where the policy comes from, and (for the Kubernetes API) how that source is doing now.
+    source: SourceStatus,
     source_files: &'a [PathBuf],
     loaded_at_unix: u64,
     /// Every port a policy, Service or `--app-protocol` names, or an explicit listener serves.
@@ -98,6 +100,7 @@ impl<'a> ConfigDump<'a> {
     pub fn new(
         addresses: &'a Addresses,
         policy: &'a PolicySnapshot,
+        source: SourceStatus,
         tls: &'a TlsSnapshot,
         readiness: Result<(), super::health::NotReady>,
         now: SystemTime,
@@ -116,6 +119,7 @@ impl<'a> ConfigDump<'a> {
             },
             policy: PolicyView {
                 generation: policy.generation,
+                source,
                 source_files: &policy.files,
                 loaded_at_unix: unix_seconds(policy.loaded_at),
                 ports: ports

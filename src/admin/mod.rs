@@ -73,7 +73,8 @@ impl Admin {
     fn config_dump(&self) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
         let now = SystemTime::now();
         let (policy, tls) = (self.store.policy(), self.store.tls());
-        let dump = ConfigDump::new(&self.addresses, &policy, &tls, self.readiness.check(now), now);
+        let source = self.store.source_status();
+        let dump = ConfigDump::new(&self.addresses, &policy, source, &tls, self.readiness.check(now), now);
         match serde_json::to_string_pretty(&dump) {
             Ok(json) => server::with_type(StatusCode::OK, "application/json", json + "\n"),
             Err(e) => server::text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding config: {e}\n")),

@@ -11,17 +11,25 @@
 //! - `live`: a value replaced whole.
 //! - `policy`: one policy generation resolved for the workload (`PolicySnapshot`).
 //! - `tls`: one credentials generation ready for handshakes (`TlsSnapshot`).
+//! - `source`: where the policy comes from and how that source is doing (`SourceStatus`).
+//!
+//! With the Kubernetes API as the source, the store opens with generation 0, an empty
+//! placeholder that no connection ever reads: the listeners start accepting only once the first
+//! complete list is published as generation 1 ([`Store::policy_in_force`]).
 
 mod live;
 mod policy;
+mod source;
 mod tls;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use live::Live;
 pub use policy::{PolicySnapshot, PortMode};
+pub use source::{ClusterStatus, ObjectStatus, ResourceStatus, SourceStatus, WatchState};
 pub use tls::TlsSnapshot;
 
 use crate::config::{CertSource, Config};
@@ -63,13 +71,18 @@ struct Settings {
 pub struct Store {
     policy: Live<PolicySnapshot>,
     tls: Live<TlsSnapshot>,
+    /// Held while a new policy generation is made from the current one, so that two
+    /// publishers (a source and a labels change) never both build on the same generation.
+    publishing: Mutex<()>,
+    source: Mutex<SourceStatus>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
 
 impl Store {
     /// Loads the first policy and credentials from the configured files; either failing is
-    /// fatal at start, unlike on reload.
+    /// fatal at start, unlike on reload. With the Kubernetes source the policy is generation 0
+    /// until the source publishes its first complete list.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
         let settings = Settings {
             overrides: config.app_protocols.clone(),
@@ -78,18 +91,78 @@ impl Store {
             policy_path: config.policy.clone(),
             certs: config.certs.clone(),
         };
-        let loaded = Loaded::from_path(settings.policy_path.as_deref())?;
-        let policy = settings.policy_snapshot(1, config.workload.clone(), loaded);
+        let (generation, loaded, source) = match &config.kubernetes {
+            None => (
+                1,
+                Loaded::from_path(settings.policy_path.as_deref())?,
+                SourceStatus::Files {
+                    path: settings.policy_path.clone(),
+                },
+            ),
+            Some(_) => (
+                0,
+                Loaded::from_path(None)?,
+                SourceStatus::Kubernetes(ClusterStatus::default()),
+            ),
+        };
+        let policy = settings.policy_snapshot(generation, config.workload.clone(), loaded);
         let tls = settings.tls_snapshot(1, &read_credentials(&settings.certs)?)?;
         log_in_use(&tls, &settings.trust_domain);
-        metrics.policy_in_force(1);
+        metrics.policy_in_force(generation);
         metrics.certificate_in_force(tls.not_after);
         Ok(Store {
             policy: Live::new(policy),
             tls: Live::new(tls),
+            publishing: Mutex::new(()),
+            source: Mutex::new(source),
             settings,
             metrics,
         })
+    }
+
+    /// Returns once a policy is in force (generation 1 or later): at once with files.
+    pub async fn policy_in_force(&self) {
+        self.policy.wait_for(|policy| policy.generation > 0).await;
+    }
+
+    /// Where the policy comes from and how that source is doing.
+    pub fn source_status(&self) -> SourceStatus {
+        self.source.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A source reports how it is doing (`/config_dump`, readiness).
+    pub fn set_source_status(&self, status: SourceStatus) {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// The workload's labels changed (`kubectl label pod`): the documents in force are resolved
+    /// again for the new labels, as the next generation. Before the first policy there is
+    /// nothing to resolve yet; the first one is resolved for the new labels.
+    pub fn relabel(&self, labels: BTreeMap<String, String>) {
+        let _publishing = self.publishing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.policy();
+        let mut workload = current.workload.clone();
+        workload.labels = labels;
+        let generation = if current.generation == 0 {
+            0
+        } else {
+            current.generation + 1
+        };
+        let loaded = Loaded {
+            set: current.set.clone(),
+            warnings: Vec::new(),
+            files: current.files.clone(),
+            skipped_documents: 0,
+        };
+        self.policy
+            .replace(self.settings.policy_snapshot(generation, workload, loaded));
+        if generation > 0 {
+            self.metrics.policy_reloaded(generation);
+            tracing::info!(
+                generation,
+                "workload labels changed; every port resolved again; new connections use it"
+            );
+        }
     }
 
     /// The policy in force: take it once per connection.
@@ -114,6 +187,7 @@ impl Store {
 
     /// Puts a validated policy in force as the next generation; new connections use it.
     pub fn publish_policy(&self, loaded: Loaded) -> u64 {
+        let _publishing = self.publishing.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.policy();
         let generation = current.generation + 1;
         let files = loaded.files.len();
