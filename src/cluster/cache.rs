@@ -145,7 +145,17 @@ impl Cache {
                 false
             }
             Event::InitDone => {
-                watched.objects = watched.relisting.take().unwrap_or_default();
+                let listed = watched.relisting.take().unwrap_or_default();
+                // A list that brings what was held already (a re-list after 410 Gone with no
+                // change meanwhile) makes no new generation.
+                let versions = |objects: &BTreeMap<String, Held>| -> Vec<(String, String)> {
+                    objects
+                        .iter()
+                        .map(|(key, held)| (key.clone(), held.resource_version.clone()))
+                        .collect()
+                };
+                let changed = !watched.listed || versions(&listed) != versions(&watched.objects);
+                watched.objects = listed;
                 watched.state = WatchState::Watching;
                 watched.error = None;
                 if !watched.listed {
@@ -157,7 +167,7 @@ impl Cache {
                     );
                 }
                 watched.listed = true;
-                true
+                changed
             }
             Event::Apply(object) => {
                 let held = self.read(&object, resource, watched);

@@ -195,8 +195,14 @@ impl Store {
             self.settings
                 .policy_snapshot(generation, current.workload.clone(), loaded),
         );
-        self.metrics.policy_reloaded(generation);
-        tracing::info!(generation, files, "policy reloaded; new connections use it");
+        if generation == 1 {
+            // The first policy of a source that starts without one (the Kubernetes API).
+            self.metrics.policy_in_force(generation);
+            tracing::info!(generation, "first policy in force; the listeners accept from now on");
+        } else {
+            self.metrics.policy_reloaded(generation);
+            tracing::info!(generation, files, "policy reloaded; new connections use it");
+        }
         generation
     }
 

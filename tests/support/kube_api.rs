@@ -186,9 +186,12 @@ impl KubeApi {
     }
 
     /// Goes down: every open connection (watches included) is cut and nothing is accepted.
-    pub fn stop(&self) {
-        if let Some(mut tasks) = self.serving.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    pub async fn stop(&self) {
+        let serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(mut tasks) = serving {
             tasks.abort_all();
+            // Joined, so that the listening socket is closed when this returns.
+            while tasks.join_next().await.is_some() {}
         }
     }
 
@@ -212,12 +215,21 @@ impl KubeApi {
         path
     }
 
-    /// Creates or replaces every object of a YAML text (`---`-separated documents).
+    /// Creates or replaces every object of a YAML text (`---`-separated documents, `kind: List`
+    /// unpacked), as `kubectl apply -f` does; kinds this server does not serve are left out, as
+    /// they would live in other resources of a real cluster.
     pub fn apply_yaml(&self, yaml: &str) {
-        for document in yaml.split("\n---\n") {
-            let value: Value = serde_yaml_ng::from_str(document).expect("test YAML parses");
-            if !value.is_null() {
-                self.apply(value);
+        use serde::Deserialize;
+        for document in serde_yaml_ng::Deserializer::from_str(yaml) {
+            let value = Value::deserialize(document).expect("test YAML parses");
+            let objects = match value["kind"].as_str() {
+                Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+                _ => vec![value],
+            };
+            for object in objects {
+                if object["kind"].as_str().and_then(kind_by_name).is_some() {
+                    self.apply(object);
+                }
             }
         }
     }
@@ -296,8 +308,8 @@ impl KubeApi {
             state.history.push(change.clone());
             let _ = self.events.send(Broadcast::Change(change));
         } else {
-            // Whatever came before the unseen change can no longer be replayed either.
-            state.compacted = state.resource_version + 1;
+            // A watch from before the unseen change cannot be served any more: 410.
+            state.compacted = state.resource_version;
         }
     }
 
@@ -346,7 +358,9 @@ impl KubeApi {
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut tasks) = self.serving.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            tasks.abort_all();
+        }
     }
 }
 

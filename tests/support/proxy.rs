@@ -96,7 +96,7 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
 }
 
 /// `policy`: written to a file and given as `--policy`; `None` when `extra` names the source.
-async fn start_proxy_with(pki: &Pki, policy: Option<&str>, app: SocketAddr, extra: &[&str]) -> Proxy {
+pub async fn start_proxy_with(pki: &Pki, policy: Option<&str>, app: SocketAddr, extra: &[&str]) -> Proxy {
     let dir = TestDir::new("proxy");
     let certs = pki.write("proxy-certs", &pki.server);
     let listen = format!("127.0.0.1:0={app}");
