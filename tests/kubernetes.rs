@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 use support::admin::{eventually, get, metric_reaches, sample};
@@ -15,7 +14,7 @@ use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, tls_exchange};
 use support::kube_api::{KubeApi, ALL_GROUP_VERSIONS};
 use support::pki::{Pki, TestDir};
-use support::proxy::{start_proxy, start_proxy_on_cluster, start_run_line, Proxy};
+use support::proxy::{start_proxy, start_proxy_from, start_proxy_on_cluster, PolicyFrom, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -87,6 +86,42 @@ fn resource<'a>(dump: &'a Value, resource: &str, namespace: Option<&str>) -> &'a
         .unwrap_or_else(|| panic!("{resource} in {namespace:?} in {dump:#}"))
 }
 
+/// A test API server holding `objects`, an app, and peerguard in front of it reading its
+/// policy from that server, ready.
+struct OnCluster {
+    pki: Pki,
+    api: KubeApi,
+    proxy: Proxy,
+    _app: TestApp,
+}
+
+impl OnCluster {
+    async fn start(group_versions: &[&str], objects: Vec<Value>) -> OnCluster {
+        let (pki, app) = (Pki::new(), TestApp::start().await);
+        let api = KubeApi::start(group_versions).await;
+        for object in objects {
+            api.apply(object);
+        }
+        let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
+        generation(&proxy, 1).await;
+        OnCluster {
+            pki,
+            api,
+            proxy,
+            _app: app,
+        }
+    }
+
+    /// Waits until the watch of the workload namespace's PeerAuthentications has started
+    /// `count` times.
+    async fn watches(&self, count: usize) {
+        eventually(&format!("{count} watches"), || async {
+            (self.api.count("watch", "peerauthentications", "default") == count).then_some(())
+        })
+        .await
+    }
+}
+
 async fn scrape(proxy: &Proxy) -> String {
     get(proxy.running.admin, "/stats/prometheus")
         .await
@@ -96,13 +131,12 @@ async fn scrape(proxy: &Proxy) -> String {
 
 #[tokio::test]
 async fn added_modified_and_deleted_peer_authentications_change_the_next_connection() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-    api.apply(peer_authentication("default", "default", "PERMISSIVE", None));
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    let dump = generation(&proxy, 1).await;
-    assert_eq!(app_port_mode(&dump), "PERMISSIVE");
+    let OnCluster { pki, api, proxy, .. } = OnCluster::start(
+        ALL_GROUP_VERSIONS,
+        vec![peer_authentication("default", "default", "PERMISSIVE", None)],
+    )
+    .await;
+    assert_eq!(app_port_mode(&config_dump(&proxy).await), "PERMISSIVE");
     assert!(plaintext_passes(&proxy).await);
     let mut open = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(echoes(&mut open, b"opened while PERMISSIVE").await);
@@ -157,134 +191,13 @@ async fn added_modified_and_deleted_peer_authentications_change_the_next_connect
     );
 }
 
-/// `peerguard check` on the same documents from a file and from the API server.
-fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peerguard"))
-        .arg("check")
-        .args(args)
-        .env_remove("POD_NAMESPACE")
-        .output()
-        .expect("peerguard runs")
-}
-
-fn check_json(source: &[&str], workload: &[&str]) -> Value {
-    let args: Vec<&str> = source
-        .iter()
-        .chain(workload)
-        .copied()
-        .chain(["--output", "json"])
-        .collect();
-    let output = check(&args);
-    assert!(
-        output.status.success(),
-        "check {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
-}
-
-/// Every file of a policy directory (or the one file) as one YAML text.
-fn documents(path: &Path) -> String {
-    let files: Vec<_> = if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
-    files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test]
 async fn the_initial_list_gives_the_same_decisions_as_the_same_documents_from_a_file() {
-    // The seeds' policies: modern levels and port-level modes, the HTTP ALPN annotation,
-    // Services and their protocols, AuthorizationPolicies, the legacy kinds of Istio 1.1, and
-    // the Istio 0.3 Service annotation.
-    let cases: &[(&str, &[&str])] = &[
-        (
-            "finance.yaml",
-            &["--namespace", "foo", "--labels", "app=finance", "--plaintext"],
-        ),
-        (
-            "finance.yaml",
-            &[
-                "--namespace",
-                "foo",
-                "--labels",
-                "app=other",
-                "--tls",
-                "--alpn",
-                "istio",
-            ],
-        ),
-        (
-            "http-alpn.yaml",
-            &["--namespace", "foo", "--labels", "app=web", "--tls", "--alpn", "h2"],
-        ),
-        ("app-protocols.yaml", &["--namespace", "foo", "--labels", "app=web"]),
-        (
-            "authorization.yaml",
-            &[
-                "--namespace",
-                "foo",
-                "--labels",
-                "app=payments",
-                "--principal",
-                "spiffe://cluster.local/ns/foo/sa/web",
-            ],
-        ),
-        (
-            "istio-1.1-task",
-            &[
-                "--namespace",
-                "foo",
-                "--labels",
-                "app=httpbin,version=v1",
-                "--plaintext",
-            ],
-        ),
-        (
-            "istio-1.1-task",
-            &[
-                "--namespace",
-                "bar",
-                "--labels",
-                "app=httpbin,version=v1",
-                "--plaintext",
-            ],
-        ),
-        (
-            "istio-0.3-annotation.yaml",
-            &["--namespace", "default", "--labels", "app=httpbin"],
-        ),
-    ];
-    for (policy, workload) in cases {
-        let path = Path::new(POLICIES).join(policy);
-        let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-        api.apply_yaml(&documents(&path));
-        let kubeconfig = api.kubeconfig().display().to_string();
-        let (file_args, cluster_args) = (path.display().to_string(), kubeconfig.clone());
-        let described: Vec<&str> = workload.to_vec();
-        let (from_file, from_cluster) = tokio::task::spawn_blocking(move || {
-            let workload = described;
-            (
-                check_json(&["--policy", &file_args], &workload),
-                check_json(&["--kubeconfig", &cluster_args], &workload),
-            )
-        })
-        .await
-        .unwrap();
-        assert_eq!(from_cluster, from_file, "{policy} {workload:?}");
-    }
-
-    // And the running proxy: the same ports, modes, sources and authorization policies.
+    // `peerguard check` compares the two on the seeds' policies (tests/check.rs); here the
+    // running proxy: the same ports, modes, sources and authorization policies.
     let pki = Pki::new();
     let app = TestApp::start().await;
-    let text = documents(&Path::new(POLICIES).join("authorization.yaml"))
+    let text = std::fs::read_to_string(Path::new(POLICIES).join("authorization.yaml")).unwrap()
         + "\n---\n"
         + &support::proxy::namespace_policy("STRICT", true);
     let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
@@ -305,25 +218,20 @@ async fn the_initial_list_gives_the_same_decisions_as_the_same_documents_from_a_
 
 #[tokio::test]
 async fn a_watch_closed_by_the_server_resumes_from_its_resource_version_without_a_list() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-    api.apply(peer_authentication("default", "default", "PERMISSIVE", None));
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    eventually("the first watch", || async {
-        (api.count("watch", "peerauthentications", "default") == 1).then_some(())
-    })
+    let cluster = OnCluster::start(
+        ALL_GROUP_VERSIONS,
+        vec![peer_authentication("default", "default", "PERMISSIVE", None)],
+    )
     .await;
+    let (api, proxy) = (&cluster.api, &cluster.proxy);
+    cluster.watches(1).await;
     // A bookmark moves the watch's resourceVersion on without any change to the objects.
     let bookmark = api.bookmark();
     // Give the bookmark a moment to arrive before the stream ends (it is not observable
     // from outside otherwise; the assertion below says whether it did).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     api.close_watches();
-    eventually("the watch to resume", || async {
-        (api.count("watch", "peerauthentications", "default") == 2).then_some(())
-    })
-    .await;
+    cluster.watches(2).await;
     let watches: Vec<_> = api
         .log()
         .into_iter()
@@ -345,15 +253,13 @@ async fn a_watch_closed_by_the_server_resumes_from_its_resource_version_without_
 
 #[tokio::test]
 async fn a_410_gone_lists_again_and_the_list_brings_what_the_watch_missed() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-    api.apply(peer_authentication("default", "default", "PERMISSIVE", None));
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    eventually("the first watch", || async {
-        (api.count("watch", "peerauthentications", "default") == 1).then_some(())
-    })
+    let cluster = OnCluster::start(
+        ALL_GROUP_VERSIONS,
+        vec![peer_authentication("default", "default", "PERMISSIVE", None)],
+    )
     .await;
+    let (api, proxy) = (&cluster.api, &cluster.proxy);
+    cluster.watches(1).await;
     // A change whose event was compacted away, then the watch ends: resuming gets 410.
     api.apply_unseen(peer_authentication("default", "default", "STRICT", None));
     api.close_watches();
@@ -373,12 +279,11 @@ async fn a_410_gone_lists_again_and_the_list_brings_what_the_watch_missed() {
 
 #[tokio::test]
 async fn an_api_server_outage_keeps_the_last_good_policy_and_recovers() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-    api.apply(peer_authentication("default", "default", "STRICT", None));
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    generation(&proxy, 1).await;
+    let OnCluster { pki, api, proxy, .. } = OnCluster::start(
+        ALL_GROUP_VERSIONS,
+        vec![peer_authentication("default", "default", "STRICT", None)],
+    )
+    .await;
 
     api.stop().await;
     let dump = eventually("the outage to show in config_dump", || async {
@@ -423,14 +328,16 @@ async fn an_api_server_outage_keeps_the_last_good_policy_and_recovers() {
 
 #[tokio::test]
 async fn an_invalid_object_is_skipped_and_named_while_a_valid_one_beside_it_applies() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-    api.apply(peer_authentication("default", "default", "STRICT", None));
-    // As with validation bypassed: a workload policy whose mode is not a mode.
-    api.apply(peer_authentication("default", "bad", "Permissive", Some("server")));
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    let dump = generation(&proxy, 1).await;
+    let OnCluster { api, proxy, .. } = OnCluster::start(
+        ALL_GROUP_VERSIONS,
+        vec![
+            peer_authentication("default", "default", "STRICT", None),
+            // As with validation bypassed: a workload policy whose mode is not a mode.
+            peer_authentication("default", "bad", "Permissive", Some("server")),
+        ],
+    )
+    .await;
+    let dump = config_dump(&proxy).await;
     assert_eq!(app_port_mode(&dump), "STRICT", "the valid namespace policy applies");
     assert!(!plaintext_passes(&proxy).await);
     let objects = &resource(&dump, "peerauthentications.security.istio.io/v1", Some("default"))["objects"];
@@ -459,15 +366,11 @@ async fn an_invalid_object_is_skipped_and_named_while_a_valid_one_beside_it_appl
 
 #[tokio::test]
 async fn missing_crds_are_empty_sets_and_v1beta1_is_read_where_v1_is_not_served() {
-    let pki = Pki::new();
-    let app = TestApp::start().await;
-    // Istio 1.5-1.21: security.istio.io/v1beta1 only, and no legacy authentication.istio.io.
-    let api = KubeApi::start(&["security.istio.io/v1beta1"]).await;
     let mut policy = peer_authentication("default", "default", "STRICT", None);
     policy["apiVersion"] = "security.istio.io/v1beta1".into();
-    api.apply(policy);
-    let proxy = start_proxy_on_cluster(&pki, &api, app.addr, &[]).await;
-    let dump = generation(&proxy, 1).await;
+    // Istio 1.5-1.21: security.istio.io/v1beta1 only, and no legacy authentication.istio.io.
+    let OnCluster { api, proxy, .. } = OnCluster::start(&["security.istio.io/v1beta1"], vec![policy]).await;
+    let dump = config_dump(&proxy).await;
     assert_eq!(app_port_mode(&dump), "STRICT");
     assert!(!plaintext_passes(&proxy).await);
     let pa = resource(&dump, "peerauthentications.security.istio.io/v1beta1", Some("default"));
@@ -553,61 +456,14 @@ async fn a_403_names_the_verb_and_resource_and_readiness_waits_until_it_is_grant
 
 #[tokio::test]
 async fn a_labels_file_change_resolves_every_port_again_with_either_source() {
-    for kubernetes in [false, true] {
-        let pki = Pki::new();
-        let app = TestApp::start().await;
-        let dir = TestDir::new("labels");
+    for from in [PolicyFrom::File, PolicyFrom::Kubernetes] {
+        let (pki, app, dir) = (Pki::new(), TestApp::start().await, TestDir::new("labels"));
         let labels = dir.path().join("labels");
         std::fs::write(&labels, "app=\"other\"\npod-template-hash=\"5f6b\"\n").unwrap();
         let policy =
             serde_yaml_ng::to_string(&peer_authentication("default", "server", "STRICT", Some("server"))).unwrap();
-        let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
-        let (labels_arg, kubeconfig) = (labels.display().to_string(), api.kubeconfig().display().to_string());
-        let policy_file = dir.path().join("policy.yaml");
-        std::fs::write(&policy_file, &policy).unwrap();
-        let policy_arg = policy_file.display().to_string();
-        let source: Vec<&str> = if kubernetes {
-            api.apply_yaml(&policy);
-            vec![
-                "--policy-source",
-                "kubernetes",
-                "--kubeconfig",
-                &kubeconfig,
-                "--kube-retry-max",
-                "200ms",
-            ]
-        } else {
-            vec!["--policy", &policy_arg]
-        };
-        let certs = pki.write("certs", &pki.server).display().to_string();
-        let listen = format!("127.0.0.1:0={}", app.addr);
-        let mut line = vec![
-            "peerguard",
-            "run",
-            "--inbound",
-            "none",
-            "--listen",
-            &listen,
-            "--namespace",
-            "default",
-            "--labels-file",
-            &labels_arg,
-            "--admin",
-            "127.0.0.1:0",
-            "--health",
-            "127.0.0.1:0",
-            "--metrics",
-            "none",
-            "--cert-dir",
-            &certs,
-        ];
-        line.extend(&source);
-        let running = start_run_line(&line).await;
-        let proxy = Proxy {
-            addr: running.explicit[0],
-            running,
-            dir,
-        };
+        let labels_arg = labels.display().to_string();
+        let (proxy, _cluster) = start_proxy_from(from, &pki, &policy, app.addr, &["--labels-file", &labels_arg]).await;
         let dump = generation(&proxy, 1).await;
         assert_eq!(
             app_port_mode(&dump),
@@ -619,7 +475,7 @@ async fn a_labels_file_change_resolves_every_port_again_with_either_source() {
         // `kubectl label pod ... app=server --overwrite`: the kubelet rewrites the file.
         std::fs::write(&labels, "app=\"server\"\npod-template-hash=\"5f6b\"\n").unwrap();
         let dump = generation(&proxy, 2).await;
-        assert_eq!(app_port_mode(&dump), "STRICT", "kubernetes source: {kubernetes}");
+        assert_eq!(app_port_mode(&dump), "STRICT", "policy from {from:?}");
         assert_eq!(dump["workload"]["labels"]["app"], "server");
         assert!(!plaintext_passes(&proxy).await);
     }

@@ -96,6 +96,7 @@ pub async fn start_proxy(pki: &Pki, policy: &str, app: SocketAddr, extra: &[&str
 }
 
 /// `policy`: written to a file and given as `--policy`; `None` when `extra` names the source.
+/// The labels are `app=server` unless `extra` gives `--labels-file`.
 pub async fn start_proxy_with(pki: &Pki, policy: Option<&str>, app: SocketAddr, extra: &[&str]) -> Proxy {
     let dir = TestDir::new("proxy");
     let certs = pki.write("proxy-certs", &pki.server);
@@ -109,15 +110,18 @@ pub async fn start_proxy_with(pki: &Pki, policy: Option<&str>, app: SocketAddr, 
         &listen,
         "--namespace",
         "default",
-        "--labels",
-        "app=server",
+    ];
+    if !extra.contains(&"--labels-file") {
+        line.extend(["--labels", "app=server"]);
+    }
+    line.extend([
         "--admin",
         "127.0.0.1:0",
         "--health",
         "127.0.0.1:0",
         "--metrics",
         "127.0.0.1:0",
-    ];
+    ]);
     let cert_arg = certs.display().to_string();
     line.extend(["--cert-dir", &cert_arg]);
     let policy_file = dir.path().join("policy.yaml");
