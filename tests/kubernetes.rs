@@ -14,7 +14,9 @@ use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, tls_exchange};
 use support::kube_api::{KubeApi, ALL_GROUP_VERSIONS};
 use support::pki::{Pki, TestDir};
-use support::proxy::{start_proxy, start_proxy_from, start_proxy_on_cluster, PolicyFrom, Proxy};
+use support::proxy::{
+    start_proxy, start_proxy_from, start_proxy_on_cluster, start_proxy_on_cluster_unready, PolicyFrom, Proxy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -245,9 +247,9 @@ async fn a_watch_closed_by_the_server_resumes_from_its_resource_version_without_
     assert_eq!(api.count("list", "peerauthentications", "default"), 1, "no new list");
 
     api.apply(peer_authentication("default", "default", "STRICT", None));
-    let dump = generation(&proxy, 2).await;
+    let dump = generation(proxy, 2).await;
     assert_eq!(app_port_mode(&dump), "STRICT", "changes after the resume apply");
-    assert!(!plaintext_passes(&proxy).await);
+    assert!(!plaintext_passes(proxy).await);
     assert_eq!(dump["policy"]["source"]["outages"], 0, "a watch that ends is no outage");
 }
 
@@ -263,9 +265,9 @@ async fn a_410_gone_lists_again_and_the_list_brings_what_the_watch_missed() {
     // A change whose event was compacted away, then the watch ends: resuming gets 410.
     api.apply_unseen(peer_authentication("default", "default", "STRICT", None));
     api.close_watches();
-    let dump = generation(&proxy, 2).await;
+    let dump = generation(proxy, 2).await;
     assert_eq!(app_port_mode(&dump), "STRICT", "the new list brought the missed change");
-    assert!(!plaintext_passes(&proxy).await);
+    assert!(!plaintext_passes(proxy).await);
     assert_eq!(
         api.count("list", "peerauthentications", "default"),
         2,
@@ -273,7 +275,7 @@ async fn a_410_gone_lists_again_and_the_list_brings_what_the_watch_missed() {
     );
     // Every watch (9: five kinds, two namespaces, MeshPolicy once) started before the change.
     metric_reaches(proxy.running.admin, "peerguard_kubernetes_relists_total", 9.0).await;
-    let scrape = scrape(&proxy).await;
+    let scrape = scrape(proxy).await;
     assert_eq!(sample(&scrape, "peerguard_kubernetes_api_outages_total"), Some(0.0));
 }
 
@@ -396,21 +398,7 @@ async fn a_403_names_the_verb_and_resource_and_readiness_waits_until_it_is_grant
     let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
     api.apply(peer_authentication("default", "default", "STRICT", None));
     api.forbid("list", "authorizationpolicies", "istio-system");
-    let kubeconfig = api.kubeconfig().display().to_string();
-    let proxy = support::proxy::start_proxy_with(
-        &pki,
-        None,
-        app.addr,
-        &[
-            "--policy-source",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--kube-retry-max",
-            "200ms",
-        ],
-    )
-    .await;
+    let proxy = start_proxy_on_cluster_unready(&pki, &api, app.addr, &[]).await;
     let expected = "may not list authorizationpolicies.security.istio.io in namespace istio-system (a Role there)";
     let answer = eventually("readiness to name the missing permission", || async {
         let answer = get(proxy.running.health, "/healthz/ready").await.ok()?;

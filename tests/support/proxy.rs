@@ -65,6 +65,14 @@ pub async fn start_proxy_from(
 /// Starts peerguard for workload `app=server` in namespace `default` with its policy from the
 /// test API server `api`; returns once the first complete list is in force (readiness 200).
 pub async fn start_proxy_on_cluster(pki: &Pki, api: &KubeApi, app: SocketAddr, extra: &[&str]) -> Proxy {
+    let proxy = start_proxy_on_cluster_unready(pki, api, app, extra).await;
+    wait_until_ready(&proxy).await;
+    proxy
+}
+
+/// As [`start_proxy_on_cluster`], returning as soon as the listeners are bound: before any
+/// policy may be in force.
+pub async fn start_proxy_on_cluster_unready(pki: &Pki, api: &KubeApi, app: SocketAddr, extra: &[&str]) -> Proxy {
     let kubeconfig = api.kubeconfig().display().to_string();
     let mut source = vec![
         "--policy-source",
@@ -75,9 +83,7 @@ pub async fn start_proxy_on_cluster(pki: &Pki, api: &KubeApi, app: SocketAddr, e
         "200ms",
     ];
     source.extend(extra);
-    let proxy = start_proxy_with(pki, None, app, &source).await;
-    wait_until_ready(&proxy).await;
-    proxy
+    start_proxy_with(pki, None, app, &source).await
 }
 
 /// Waits until the proxy's readiness probe answers 200.
