@@ -280,6 +280,12 @@ impl Cache {
             return;
         }
         inner.reachable = true;
+        // What the outage made every watch report is over; a missing permission is not.
+        for watched in &mut inner.watched {
+            if watched.state != WatchState::Forbidden {
+                watched.error = None;
+            }
+        }
         let down = inner
             .unreachable_since
             .take()
