@@ -468,3 +468,66 @@ async fn a_labels_file_change_resolves_every_port_again_with_either_source() {
         assert!(!plaintext_passes(&proxy).await);
     }
 }
+
+#[test]
+fn policy_files_and_the_kubernetes_source_are_one_or_the_other() {
+    use clap::Parser;
+    use peerguard::cli::{Cli, Command};
+    let line = [
+        "peerguard",
+        "run",
+        "--listen",
+        "127.0.0.1:0=127.0.0.1:1",
+        "--cert-dir",
+        "/nonexistent",
+        "--policy",
+        "p.yaml",
+        "--kubeconfig",
+        "k",
+    ];
+    let Command::Run(args) = Cli::try_parse_from(line).unwrap().command else {
+        panic!("run");
+    };
+    let error = peerguard::config::Config::from_args(&args).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "--policy reads files: it cannot be combined with --policy-source kubernetes or --kubeconfig"
+    );
+}
+
+#[test]
+fn outside_a_pod_without_a_kubeconfig_run_says_what_it_needs_and_exits_1() {
+    let pki = Pki::new();
+    let certs = pki.write("certs", &pki.server).display().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_peerguard"))
+        .args([
+            "run",
+            "--policy-source",
+            "kubernetes",
+            "--inbound",
+            "none",
+            "--listen",
+            "127.0.0.1:0=127.0.0.1:1",
+        ])
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+            "--metrics",
+            "none",
+            "--cert-dir",
+            &certs,
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("peerguard runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("policy source: not inside a Kubernetes pod (")
+            && stderr.contains("give --kubeconfig FILE outside a cluster"),
+        "{stderr}"
+    );
+}
