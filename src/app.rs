@@ -13,6 +13,7 @@ use crate::admin::config_dump::{Addresses, ListenerInfo};
 use crate::admin::health::{self, Readiness};
 use crate::admin::{metrics_routes, server, Admin};
 use crate::cli::LogFormat;
+use crate::cluster::{self, ConnectError};
 use crate::config::{CertSource, Config, DrainTimes};
 use crate::inbound::connection::DataPath;
 use crate::inbound::cut::Cut;
@@ -39,6 +40,8 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("policy source: {0}")]
+    Kubernetes(ConnectError),
 }
 
 impl From<OpenError> for StartError {
@@ -90,7 +93,7 @@ pub struct Running {
 /// get a free port; `Running` says which.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Before the first load, so that a change racing it is seen by the first poll.
-    let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs);
+    let fingerprints = Fingerprints::of(config.policy.as_deref(), &config.certs, config.labels_file.as_deref());
     let metrics = Arc::new(Metrics::new());
     // With the mesh CA, nothing serves before the first certificate is in hand.
     let (store, renewal) = match &config.certs {
@@ -179,11 +182,33 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
+    if let Some(source) = &config.kubernetes {
+        cluster::start(
+            source,
+            &config.workload,
+            store.clone(),
+            metrics.clone(),
+            endpoints_stop.clone(),
+        )
+        .await
+        .map_err(StartError::Kubernetes)?;
+    }
+
     let (shutdown, stop) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut tasks = JoinSet::new();
     for listener in listeners {
-        tasks.spawn(listener.run(data_path.clone(), metrics.clone(), connections.clone(), stop.clone()));
+        let (store, mut stop) = (store.clone(), stop.clone());
+        let serve = listener.run(data_path.clone(), metrics.clone(), connections.clone(), stop.clone());
+        // Bound now, accepting only once a policy is in force (at once with files; after the
+        // first complete list from the API server): meanwhile the kernel's backlog holds
+        // clients, so no connection is ever decided on a policy that is not there yet.
+        tasks.spawn(async move {
+            tokio::select! {
+                () = store.policy_in_force() => serve.await,
+                () = async { let _ = stop.wait_for(|stop| *stop).await; } => {}
+            }
+        });
     }
     readiness.listeners_bound();
 
@@ -203,7 +228,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     if let Some((ca, renew_at)) = renewal {
         tokio::spawn(mesh_ca::keep_fresh(ca, store.clone(), renew_at, endpoints_stop.clone()));
     }
-    let reloader = Reloader::new(store.clone(), fingerprints);
+    let reloader = Reloader::new(store.clone(), fingerprints, config.labels_file.clone());
     tokio::spawn(Arc::new(reloader).watch(endpoints_stop));
 
     Ok(Running {
@@ -313,7 +338,7 @@ fn log_starting(config: &Config) {
         labels = %labels.join(","),
         root_namespace = %workload.root_namespace,
         trust_domain = %config.trust_domain,
-        policy = %config.policy.as_deref().map_or_else(|| "none (every port PERMISSIVE)".into(), |p| p.display().to_string()),
+        policy = %policy_source(config),
         certificates = %config.certs,
         inbound = %config.inbound.map_or_else(|| "none".into(), |a| a.to_string()),
         listen = %listen.join(" "),
@@ -332,6 +357,18 @@ fn log_starting(config: &Config) {
         max_connections = config.max_connections,
         "starting"
     );
+}
+
+/// Where the policy comes from, for the start-up line.
+fn policy_source(config: &Config) -> String {
+    match (&config.kubernetes, &config.policy) {
+        (Some(source), _) => match &source.kubeconfig {
+            Some(path) => format!("kubernetes (kubeconfig {})", path.display()),
+            None => "kubernetes (in-cluster)".to_string(),
+        },
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => "none (every port PERMISSIVE)".to_string(),
+    }
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), either of which stops the proxy.

@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, OutputFormat};
+use crate::cluster::{list_once, ListError};
 use crate::config::{workload_from, WorkloadError};
 use crate::inbound::classify::Sniffed;
 use crate::inbound::decide::{decide, Decision};
@@ -49,6 +50,12 @@ enum CheckError {
     PortZero,
     #[error(transparent)]
     AppProtocol(#[from] ConflictingOverride),
+    #[error("--policy reads files: it cannot be combined with --policy-source kubernetes or --kubeconfig")]
+    PolicyWithKubernetes,
+    #[error("the Kubernetes API: {0}")]
+    Cluster(#[from] ListError),
+    #[error("cannot start the async runtime for the Kubernetes client: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Runs `peerguard check` and maps the outcome to an exit code. With `--output json` an error
@@ -167,8 +174,49 @@ fn authorizing(args: &CheckArgs, set: &PolicySet) -> bool {
     peer_described && (flags || set.has_authorization_policies())
 }
 
+/// The policy to answer from, and its name for the text output: the files, or one complete
+/// list from the API server (the same resources and validation as `run --policy-source
+/// kubernetes`; invalid objects are skipped and named, as the proxy skips them).
+fn load(args: &CheckArgs, workload: &Workload) -> Result<(Loaded, String), CheckError> {
+    if !args.source.kubernetes() {
+        let loaded = Loaded::from_path(args.policy.as_deref())?;
+        let name = match loaded.files.as_slice() {
+            [] => "none (every port PERMISSIVE)".to_string(),
+            files => files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        return Ok((loaded, name));
+    }
+    if args.policy.is_some() {
+        return Err(CheckError::PolicyWithKubernetes);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CheckError::Runtime)?;
+    let listed = runtime.block_on(list_once(args.source.kubeconfig.as_deref(), workload))?;
+    for warning in &listed.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for invalid in &listed.invalid {
+        eprintln!("warning: invalid object skipped (the proxy skips it too): {invalid}");
+    }
+    for resource in &listed.not_installed {
+        eprintln!("note: the API server does not serve {resource} (CRD not installed): read as none");
+    }
+    let name = format!(
+        "the Kubernetes API at {} ({} invalid objects skipped)",
+        listed.api_server,
+        listed.invalid.len()
+    );
+    Ok((listed.loaded, name))
+}
+
 fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
-    let loaded = Loaded::from_path(args.policy.as_deref())?;
+    let (loaded, policy_name) = load(args, workload)?;
     for warning in loaded.warnings_for(workload) {
         eprintln!("warning: {warning}");
     }
@@ -236,7 +284,7 @@ fn report(args: &CheckArgs, workload: &Workload) -> Result<String, CheckError> {
             json.push('\n');
             json
         }
-        OutputFormat::Text => text(workload, &loaded.files, args, connection.as_ref(), &reports),
+        OutputFormat::Text => text(workload, &policy_name, args, connection.as_ref(), &reports),
     })
 }
 
@@ -254,7 +302,7 @@ fn described_connection(args: &CheckArgs) -> Option<Sniffed> {
 
 fn text(
     workload: &Workload,
-    files: &[std::path::PathBuf],
+    policy: &str,
     args: &CheckArgs,
     connection: Option<&Sniffed>,
     reports: &[PortReport],
@@ -271,14 +319,6 @@ fn text(
         "workload:   namespace {}, labels {labels}, root namespace {}",
         workload.namespace, workload.root_namespace
     );
-    let policy = match files {
-        [] => "none (every port PERMISSIVE)".to_string(),
-        files => files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
     let _ = writeln!(out, "policy:     {policy}");
     if connection.is_some() {
         let _ = writeln!(out, "connection: {}", connection_in_words(args));

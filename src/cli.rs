@@ -61,6 +61,34 @@ pub struct WorkloadArgs {
     pub root_namespace: String,
 }
 
+/// Where policy documents come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicySourceKind {
+    /// `--policy` files (none: every port PERMISSIVE).
+    Files,
+    /// The Kubernetes API: watched in the workload's and the root namespace.
+    Kubernetes,
+}
+
+/// The Kubernetes API as the policy source (docs/kubernetes.md).
+#[derive(Debug, Clone, Args)]
+pub struct PolicySourceArgs {
+    /// Where policy comes from: `files` (--policy) or `kubernetes` (the API server, in-cluster
+    /// configuration unless --kubeconfig).
+    #[arg(long, value_enum, default_value = "files")]
+    pub policy_source: PolicySourceKind,
+    /// A kubeconfig file for the Kubernetes source (its current context); implies
+    /// `--policy-source kubernetes`.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl PolicySourceArgs {
+    pub fn kubernetes(&self) -> bool {
+        self.policy_source == PolicySourceKind::Kubernetes || self.kubeconfig.is_some()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -80,6 +108,12 @@ pub struct RunArgs {
     /// A PeerAuthentication YAML file, or a directory of *.yaml/*.yml/*.json files.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PolicySourceArgs,
+    /// Longest wait between retries of a failed Kubernetes list or watch (they back off
+    /// exponentially from 0.8 s up to this).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub kube_retry_max: Duration,
     /// The SPIFFE trust domain peers must belong to.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -225,6 +259,8 @@ pub struct CheckArgs {
     /// A PeerAuthentication YAML file, or a directory.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PolicySourceArgs,
     /// Only this workload port.
     #[arg(long)]
     pub port: Option<u16>,

@@ -7,7 +7,8 @@
 //!   HTTP server.
 //! - `metrics`: the Prometheus metric families.
 //! - `strict_audit`: what STRICT would do to the connections of PERMISSIVE and DISABLE ports.
-//! - `reload`: hot reload of policy and certificates on file change or SIGHUP.
+//! - `reload`: hot reload of policy, certificates and the labels file on change or SIGHUP.
+//! - `cluster`: the Kubernetes API as a policy source (watch, validate, publish).
 //! - `mesh_ca`: the workload certificate from the mesh CA (Istio's gRPC CA service), renewed.
 //! - `policy`: PeerAuthentication (and legacy) parsing, validation and resolution.
 //! - `store`: the live policy and credentials: loaded, validated, last good kept, published.
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 mod columns;
 pub mod config;
 pub mod demo;

@@ -70,8 +70,11 @@ fn fail_with(error: &dyn std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    // The kube client and watcher log every failed request of a retry loop themselves;
+    // peerguard's Kubernetes source logs each distinct failure once, with the resource and what
+    // to do about it (docs/kubernetes.md#logs), so theirs are off unless PEERGUARD_LOG asks.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEERGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=off"));
     // Colour only for a person at a terminal; log collectors and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

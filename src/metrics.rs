@@ -197,6 +197,47 @@ pub struct Metrics {
     certificate_info: Family<CertificateLabels, Gauge>,
     certificate_renewals: ReloadCounters,
     certificate_next_renewal: Gauge,
+    kubernetes: KubernetesCounters,
+}
+
+/// The Kubernetes policy source (docs/kubernetes.md#metrics); zero with the file source.
+struct KubernetesCounters {
+    invalid_objects: Counter,
+    outages: Counter,
+    reachable: Gauge,
+    relists: Counter,
+}
+
+impl KubernetesCounters {
+    fn register(registry: &mut Registry) -> Self {
+        let counters = KubernetesCounters {
+            invalid_objects: Counter::default(),
+            outages: Counter::default(),
+            reachable: Gauge::default(),
+            relists: Counter::default(),
+        };
+        registry.register(
+            "kubernetes_invalid_objects",
+            "Objects from the Kubernetes API skipped as invalid (each version counted once); the rest applies",
+            counters.invalid_objects.clone(),
+        );
+        registry.register(
+            "kubernetes_api_outages",
+            "Times the Kubernetes API server became unreachable; the last good policy stays in force meanwhile",
+            counters.outages.clone(),
+        );
+        registry.register(
+            "kubernetes_api_reachable",
+            "1 while the Kubernetes API server answers, 0 during an outage",
+            counters.reachable.clone(),
+        );
+        registry.register(
+            "kubernetes_relists",
+            "Watches that had to list again because their resourceVersion was too old (410 Gone)",
+            counters.relists.clone(),
+        );
+        counters
+    }
 }
 
 /// Decrements the active-connections gauge when the connection's task lets go of it, however
@@ -319,6 +360,7 @@ impl Metrics {
             "When the mesh CA is asked next (renewal or retry), as a Unix time",
             certificate_next_renewal.clone(),
         );
+        let kubernetes = KubernetesCounters::register(&mut registry);
         Metrics {
             registry,
             ports: PortLabels::new(),
@@ -343,6 +385,7 @@ impl Metrics {
             certificate_info,
             certificate_renewals,
             certificate_next_renewal,
+            kubernetes,
         }
     }
 
@@ -479,6 +522,24 @@ impl Metrics {
 
     pub fn certificate_reload_failed(&self) {
         self.certificate_reloads.failed.inc();
+    }
+
+    /// An object from the Kubernetes API was skipped as invalid.
+    pub fn kubernetes_invalid_object(&self) {
+        self.kubernetes.invalid_objects.inc();
+    }
+
+    /// Whether the Kubernetes API server answers; a change to unreachable counts an outage.
+    pub fn kubernetes_reachable(&self, reachable: bool) {
+        if !reachable {
+            self.kubernetes.outages.inc();
+        }
+        self.kubernetes.reachable.set(i64::from(reachable));
+    }
+
+    /// A watch lists again after 410 Gone.
+    pub fn kubernetes_relisted(&self) {
+        self.kubernetes.relists.inc();
     }
 
     /// The OpenMetrics text exposition of every family.

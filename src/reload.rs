@@ -1,5 +1,6 @@
-//! When to reload the policy and the certificates from their files
-//! (docs/operating.md#reload); the store does the loading, validating and publishing.
+//! When to reload the policy and the certificates from their files, and when the workload's
+//! labels changed (docs/operating.md#reload); the store does the loading, validating and
+//! publishing.
 //!
 //! Every [`POLL_INTERVAL`] the watcher takes a fingerprint of what the files *contain* (read
 //! through symlinks) and reloads what changed; `SIGHUP` reloads both at once, changed or not.
@@ -7,6 +8,10 @@
 //! symlink swap (ConfigMap and Secret volumes) just work: the visible file names never change,
 //! only what they resolve to. A load that fails keeps the last good snapshot, is logged with
 //! its precise error and counted; it is not retried until the files change again.
+//!
+//! The downward-API labels file (`--labels-file`) is watched the same way whatever the policy
+//! source: `kubectl label pod` rewrites it while the pod runs, and every port is resolved again
+//! for the new labels.
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::CertSource;
+use crate::config::{read_labels_file, CertSource};
 use crate::store::Store;
 use crate::tls::credentials::{CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE};
 
@@ -43,43 +48,72 @@ fn certificate_files(source: &CertSource) -> Vec<PathBuf> {
 pub struct Fingerprints {
     policy: u64,
     certificates: u64,
+    labels: u64,
 }
 
 impl Fingerprints {
     /// Take them before the first load, so that a change racing the load is seen by the next
     /// poll rather than lost.
-    pub fn of(policy: Option<&Path>, certs: &CertSource) -> Self {
+    pub fn of(policy: Option<&Path>, certs: &CertSource, labels: Option<&Path>) -> Self {
+        let of_path = |path: Option<&Path>| path.map_or(0, |path| fingerprint(&[path.to_path_buf()]));
         Fingerprints {
-            policy: policy.map_or(0, |path| fingerprint(&[path.to_path_buf()])),
+            policy: of_path(policy),
             certificates: fingerprint(&certificate_files(certs)),
+            labels: of_path(labels),
         }
     }
 }
 
-/// Watches the policy and certificate files and has the store reload what changed.
+/// Watches the policy, certificate and labels files and has the store reload what changed.
 pub struct Reloader {
     store: Arc<Store>,
+    /// `--labels-file`, if the labels come from one.
+    labels_file: Option<PathBuf>,
     seen: Mutex<Fingerprints>,
 }
 
 impl Reloader {
-    /// `loaded`: the fingerprints taken before the store's first load.
-    pub fn new(store: Arc<Store>, loaded: Fingerprints) -> Self {
+    /// `loaded`: the fingerprints taken before the store's first load (and the labels' read).
+    pub fn new(store: Arc<Store>, loaded: Fingerprints, labels_file: Option<PathBuf>) -> Self {
         Reloader {
             store,
+            labels_file,
             seen: Mutex::new(loaded),
         }
     }
 
     /// Reloads whatever changed since the last look; everything when `forced` (SIGHUP).
     pub fn check(&self, forced: bool) {
-        let now = Fingerprints::of(self.store.policy_path(), self.store.certificate_source());
+        let now = Fingerprints::of(
+            self.store.policy_path(),
+            self.store.certificate_source(),
+            self.labels_file.as_deref(),
+        );
         let before = std::mem::replace(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner), now);
         if forced || now.policy != before.policy {
             self.store.reload_policy_files();
         }
         if forced || now.certificates != before.certificates {
             self.store.reload_certificate_files();
+        }
+        if forced || now.labels != before.labels {
+            self.reload_labels();
+        }
+    }
+
+    /// Re-reads the labels file; one that cannot be read or parsed keeps the labels in use.
+    fn reload_labels(&self) {
+        let Some(path) = &self.labels_file else {
+            return;
+        };
+        match read_labels_file(path) {
+            Ok(labels) if labels == self.store.policy().workload.labels => {}
+            Ok(labels) => {
+                let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                tracing::info!(labels = %text.join(","), "workload labels changed");
+                self.store.relabel(labels);
+            }
+            Err(e) => tracing::error!(error = %e, "labels file unreadable; the labels in use stay"),
         }
     }
 

@@ -1,8 +1,13 @@
-//! `peerguard check` as an operator runs it: the real binary on the seeds' policies.
+//! `peerguard check` as an operator runs it: the real binary on the seeds' policies, from
+//! files and from a (test) Kubernetes API server holding the same documents.
 
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
+use support::kube_api::{KubeApi, ALL_GROUP_VERSIONS};
 
 const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/policies");
 
@@ -628,5 +633,122 @@ fn an_invalid_authorization_policy_exits_2_naming_the_field() {
             "error: {file}: document 0 (AuthorizationPolicy foo/web): spec.rules[0].from[0].source.ipBlocks[0]: \
              \"10.0.0.0/40\" is not an IP address or CIDR block: prefix length out of range\n"
         )
+    );
+}
+
+/// Every file of a policy directory (or the one file) as one YAML text.
+fn documents(path: &Path) -> String {
+    let files: Vec<_> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_kubeconfig_answers_from_the_live_cluster_as_from_the_same_files() {
+    // The seeds' policies: modern levels and port-level modes, the HTTP ALPN annotation,
+    // Services and their protocols, AuthorizationPolicies, the legacy kinds of Istio 1.1, and
+    // the Istio 0.3 Service annotation.
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "finance.yaml",
+            &["--namespace", "foo", "--labels", "app=finance", "--plaintext"],
+        ),
+        (
+            "finance.yaml",
+            &[
+                "--namespace",
+                "foo",
+                "--labels",
+                "app=other",
+                "--tls",
+                "--alpn",
+                "istio",
+            ],
+        ),
+        (
+            "http-alpn.yaml",
+            &["--namespace", "foo", "--labels", "app=web", "--tls", "--alpn", "h2"],
+        ),
+        ("app-protocols.yaml", &["--namespace", "foo", "--labels", "app=web"]),
+        (
+            "authorization.yaml",
+            &[
+                "--namespace",
+                "foo",
+                "--labels",
+                "app=payments",
+                "--principal",
+                "spiffe://cluster.local/ns/foo/sa/web",
+            ],
+        ),
+        (
+            "istio-1.1-task",
+            &[
+                "--namespace",
+                "foo",
+                "--labels",
+                "app=httpbin,version=v1",
+                "--plaintext",
+            ],
+        ),
+        (
+            "istio-1.1-task",
+            &[
+                "--namespace",
+                "bar",
+                "--labels",
+                "app=httpbin,version=v1",
+                "--plaintext",
+            ],
+        ),
+        (
+            "istio-0.3-annotation.yaml",
+            &["--namespace", "default", "--labels", "app=httpbin"],
+        ),
+    ];
+    for (policy, workload) in cases {
+        let path = Path::new(POLICIES).join(policy);
+        let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
+        api.apply_yaml(&documents(&path));
+        let kubeconfig = api.kubeconfig().display().to_string();
+        let (file_args, cluster_args) = (path.display().to_string(), kubeconfig.clone());
+        let described: Vec<&str> = workload.to_vec();
+        let (from_file, from_cluster) = tokio::task::spawn_blocking(move || {
+            let with = |source: [&str; 2]| json_rows(&[&source[..], &described].concat());
+            (with(["--policy", &file_args]), with(["--kubeconfig", &cluster_args]))
+        })
+        .await
+        .unwrap();
+        assert_eq!(from_cluster, from_file, "{policy} {workload:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_kubeconfig_names_the_permission_a_403_lacks_and_exits_2() {
+    let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
+    api.forbid("list", "services", "istio-system");
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        check(&["--kubeconfig", &kubeconfig, "--namespace", "foo", "--labels", "app=web"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "list services in namespace istio-system: 403 Forbidden: the service account may not list services in \
+             namespace istio-system (a Role there)"
+        ),
+        "{stderr}"
     );
 }

@@ -2,6 +2,9 @@
 //! PERMISSIVE with the HTTP ALPN annotation) and each kind of client, what the client saw
 //! (whose certificate, which ALPN, the echo) and what the app saw (plaintext, or the
 //! untouched ClientHello) — with a real app that speaks plaintext and its own TLS.
+//!
+//! These are the conformance tables of both policy sources: every row runs with the policy
+//! from a file and from the (test) Kubernetes API server.
 
 mod support;
 
@@ -10,7 +13,7 @@ use support::admin::counted;
 use support::app::TestApp;
 use support::clients::{client_config, plaintext_exchange, tls_exchange, TlsExchange};
 use support::pki::Pki;
-use support::proxy::{namespace_policy, start_proxy, Proxy};
+use support::proxy::{namespace_policy, start_proxy, start_proxy_from, PolicyFrom, Proxy};
 
 const PAYLOAD: &[u8] = b"ping through peerguard";
 
@@ -72,12 +75,13 @@ impl Client {
     }
 }
 
-/// Runs one client against a fresh app and proxy for `policy` and checks `expect`.
-async fn check(policy: &str, client: Client, expect: Expect) {
+/// Runs one client against a fresh app and proxy for `policy` read `from` a file or the
+/// cluster, and checks `expect`.
+async fn check(from: PolicyFrom, policy: &str, client: Client, expect: Expect) {
     let pki = Pki::new();
     let app = TestApp::start().await;
-    let proxy = start_proxy(&pki, policy, app.addr, &[]).await;
-    let context = format!("{client:?} expecting {expect:?}");
+    let (proxy, _cluster) = start_proxy_from(from, &pki, policy, app.addr, &[]).await;
+    let context = format!("{client:?} expecting {expect:?}, policy from {from:?}");
 
     if let Client::Plaintext = client {
         let reply = plaintext_exchange(proxy.addr, PAYLOAD).await;
@@ -156,8 +160,10 @@ async fn assert_refused(result: std::io::Result<bool>, app: &TestApp, proxy: &Pr
 }
 
 async fn check_all(policy: &str, table: &[(Client, Expect)]) {
-    for &(client, expect) in table {
-        check(policy, client, expect).await;
+    for from in [PolicyFrom::File, PolicyFrom::Kubernetes] {
+        for &(client, expect) in table {
+            check(from, policy, client, expect).await;
+        }
     }
 }
 

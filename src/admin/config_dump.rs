@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::CertOrigin;
 use crate::policy::{MtlsMode, PolicySource, PortProtocol, Workload};
-use crate::store::{PolicySnapshot, PortMode, Renewal, TlsSnapshot};
+use crate::store::{PolicySnapshot, PortMode, Renewal, SourceStatus, TlsSnapshot};
 use crate::tls::identity::unix_seconds;
 
 /// One bound data-path listener.
@@ -52,6 +52,8 @@ struct Ready {
 #[derive(Serialize)]
 struct PolicyView<'a> {
     generation: u64,
+    /// Where the policy comes from, and (for the Kubernetes API) how that source is doing now.
+    source: SourceStatus,
     source_files: &'a [PathBuf],
     loaded_at_unix: u64,
     /// Every port a policy, Service or `--app-protocol` names, or an explicit listener serves.
@@ -137,6 +139,7 @@ impl<'a> ConfigDump<'a> {
     pub fn new(
         addresses: &'a Addresses,
         policy: &'a PolicySnapshot,
+        source: SourceStatus,
         tls: &'a TlsSnapshot,
         status: CertificateStatus,
         readiness: Result<(), super::health::NotReady>,
@@ -156,6 +159,7 @@ impl<'a> ConfigDump<'a> {
             },
             policy: PolicyView {
                 generation: policy.generation,
+                source,
                 source_files: &policy.files,
                 loaded_at_unix: unix_seconds(policy.loaded_at),
                 ports: ports

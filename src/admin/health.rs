@@ -2,8 +2,9 @@
 //! workload certificate in use is unexpired, every listener is bound, and the proxy is not
 //! draining.
 //!
-//! The policy condition holds by construction: `start` fails without a valid policy, and a
-//! failed reload keeps the last good one, so a policy snapshot always exists once serving.
+//! With files the policy condition holds by construction: `start` fails without a valid policy,
+//! and a failed reload keeps the last good one. With the Kubernetes source readiness waits for
+//! the first complete list (generation 1), and says which resources it still waits for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use hyper::{Response, StatusCode};
 use super::app_probe;
 use super::server::{not_found, text, Answer, Routes};
 use crate::config::AppProbes;
-use crate::store::Store;
+use crate::store::{SourceStatus, Store};
 use crate::tls::identity::Rfc3339;
 
 /// The readiness probe's path, as Istio's sidecar serves it on 15021.
@@ -27,6 +28,8 @@ pub const READY_PATH: &str = "/healthz/ready";
 pub enum NotReady {
     #[error("listeners are not bound yet")]
     Starting,
+    #[error("no policy in force yet: {0}")]
+    AwaitingPolicy(String),
     #[error("the workload certificate (serial {serial}) expired at {not_after}")]
     CertificateExpired { serial: String, not_after: String },
     #[error("draining: the proxy is shutting down")]
@@ -66,6 +69,13 @@ impl Readiness {
         }
         if !self.listeners_bound.load(Ordering::SeqCst) {
             return Err(NotReady::Starting);
+        }
+        if self.store.policy().generation == 0 {
+            let why = match self.store.source_status() {
+                SourceStatus::Kubernetes(cluster) => cluster.waiting_for(),
+                SourceStatus::Files { .. } => "loading the policy files".to_string(),
+            };
+            return Err(NotReady::AwaitingPolicy(why));
         }
         let tls = self.store.tls();
         if tls.is_expired(now) {

@@ -89,7 +89,16 @@ impl Admin {
             origin: self.store.certificate_source().describe(),
             renewal: self.store.renewal(),
         };
-        let dump = ConfigDump::new(&self.addresses, &policy, &tls, status, self.readiness.check(now), now);
+        let source = self.store.source_status();
+        let dump = ConfigDump::new(
+            &self.addresses,
+            &policy,
+            source,
+            &tls,
+            status,
+            self.readiness.check(now),
+            now,
+        );
         json(&dump, "encoding config")
     }
 }

@@ -9,7 +9,7 @@ mod workload;
 
 pub use mesh_ca::{MeshCaConfig, MeshCaError};
 pub use probes::{AppProbe, AppProbes, ProbeCheck, ProbeError};
-pub use workload::{workload_from, WorkloadError};
+pub use workload::{read_labels_file, workload_from, WorkloadError};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -105,11 +105,24 @@ pub struct Limits {
     pub connect_timeout: Duration,
 }
 
+/// The Kubernetes API as the policy source (`--policy-source kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSource {
+    /// `--kubeconfig`; `None`: the in-cluster configuration (service-account token).
+    pub kubeconfig: Option<PathBuf>,
+    /// Longest wait between retries of a failed list or watch.
+    pub retry_max: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Who the proxy fronts: namespace, labels, root namespace.
     pub workload: Workload,
+    /// The downward-API labels file the labels came from, re-read when it changes.
+    pub labels_file: Option<PathBuf>,
     pub policy: Option<PathBuf>,
+    /// `Some`: policy comes from the Kubernetes API, and `policy` is `None`.
+    pub kubernetes: Option<KubernetesSource>,
     pub trust_domain: String,
     /// How long a TLS session may be resumed after its full handshake.
     pub session_lifetime: Duration,
@@ -167,6 +180,8 @@ pub enum ConfigError {
     ClientHelloCap,
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    #[error("--policy reads files: it cannot be combined with --policy-source kubernetes or --kubeconfig")]
+    PolicyWithKubernetes,
     #[error(transparent)]
     Workload(#[from] WorkloadError),
     #[error(transparent)]
@@ -218,9 +233,19 @@ impl Config {
         if args.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
+        let kubernetes = match (args.source.kubernetes(), &args.policy) {
+            (false, _) => None,
+            (true, Some(_)) => return Err(ConfigError::PolicyWithKubernetes),
+            (true, None) => Some(KubernetesSource {
+                kubeconfig: args.source.kubeconfig.clone(),
+                retry_max: args.kube_retry_max,
+            }),
+        };
         Ok(Config {
             workload,
+            labels_file: args.workload.labels_file.clone(),
             policy: args.policy.clone(),
+            kubernetes,
             trust_domain: args.trust_domain.clone(),
             session_lifetime: args.session_lifetime,
             app_protocols: ProtocolOverrides::new(&args.app_protocol)?,

@@ -2,7 +2,7 @@
 //! labels file.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cli::WorkloadArgs;
 use crate::policy::Workload;
@@ -28,23 +28,27 @@ pub enum WorkloadError {
 /// `run` and `check` read it the same way, and fail the same way.
 pub fn workload_from(args: &WorkloadArgs) -> Result<Workload, WorkloadError> {
     let labels = match &args.labels_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::ReadLabelsFile {
-                path: path.clone(),
-                source,
-            })?;
-            parse_labels_file(&text).map_err(|(line, problem)| WorkloadError::BadLabelsLine {
-                path: path.clone(),
-                line,
-                problem,
-            })?
-        }
+        Some(path) => read_labels_file(path)?,
         None => parse_label_args(&args.labels)?,
     };
     Ok(Workload {
         namespace: args.namespace.clone(),
         labels,
         root_namespace: args.root_namespace.clone(),
+    })
+}
+
+/// The labels of a downward-API labels file; read at start and again whenever it changes
+/// (labels can change while the pod runs).
+pub fn read_labels_file(path: &Path) -> Result<BTreeMap<String, String>, WorkloadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::ReadLabelsFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_labels_file(&text).map_err(|(line, problem)| WorkloadError::BadLabelsLine {
+        path: path.to_path_buf(),
+        line,
+        problem,
     })
 }
 

@@ -9,13 +9,15 @@ use std::path::PathBuf;
 
 use crate::policy::AppProtocol;
 
-/// Where a document came from: `policy.yaml: document 2 items[1] (PeerAuthentication foo/finance)`.
+/// Where a document came from: `policy.yaml: document 2 items[1] (PeerAuthentication foo/finance)`,
+/// or for an object read from the Kubernetes API, which has no file and no document index,
+/// `PeerAuthentication foo/finance (kubernetes, resourceVersion 41)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentRef {
-    /// The file name (or the name given to `parse_str`).
+    /// The file name (or the name given to `parse_str`), or where an API object came from.
     pub source: String,
-    /// 0-based index of the `---`-separated document within the file.
-    pub index: usize,
+    /// 0-based index of the `---`-separated document within the file; `None` for an API object.
+    pub index: Option<usize>,
     /// 0-based index within a `kind: List` document's `items`, if the document is a List.
     pub item: Option<usize>,
     /// `Kind namespace/name`, as far as it is known when the problem is found.
@@ -24,7 +26,13 @@ pub struct DocumentRef {
 
 impl fmt::Display for DocumentRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.source, self.index)?;
+        let Some(index) = self.index else {
+            return match &self.identity {
+                Some(identity) => write!(f, "{identity} ({})", self.source),
+                None => f.write_str(&self.source),
+            };
+        };
+        write!(f, "{}: document {index}", self.source)?;
         if let Some(item) = self.item {
             write!(f, " items[{item}]")?;
         }

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Concern, DocumentRef, PolicyError, PolicyWarning, Problem};
+pub use parse::{read_api_object, ApiObject};
 pub use ports::{ResolvedPort, WorkloadPorts};
 pub use protocol::{parse_override, AppProtocol, ConflictingOverride, PortProtocol, ProtocolOverrides};
 pub use set::{Loaded, PolicySet};

@@ -80,6 +80,48 @@ pub(crate) fn parse_text(text: &str, source: &str) -> Result<Parsed, PolicyError
     Ok(parsed)
 }
 
+/// One object as the Kubernetes API serves it, validated exactly as a file's document is.
+#[derive(Debug, Clone)]
+pub struct ApiObject {
+    document: Document,
+    warnings: Vec<PolicyWarning>,
+}
+
+impl ApiObject {
+    /// What reading it warned about (the object is used regardless).
+    pub fn warnings(&self) -> &[PolicyWarning] {
+        &self.warnings
+    }
+
+    pub(crate) fn document(&self) -> &Document {
+        &self.document
+    }
+}
+
+/// Reads one object from the Kubernetes API (JSON, with `apiVersion` and `kind`, which the
+/// caller fills in where a list left them out). `source` says where it came from in messages,
+/// e.g. `kubernetes, resourceVersion 41`. `Ok(None)`: a kind peerguard does not read.
+pub fn read_api_object(value: &serde_json::Value, source: &str) -> Result<Option<ApiObject>, PolicyError> {
+    // The same walk as a file's document: one set of rules, one set of messages.
+    let value: Value = serde_yaml_ng::to_value(value).map_err(|e| PolicyError::Syntax {
+        source_name: source.to_string(),
+        index: 0,
+        message: e.to_string(),
+    })?;
+    let at = DocumentRef {
+        source: source.to_string(),
+        index: None,
+        item: None,
+        identity: None,
+    };
+    let mut parsed = Parsed::default();
+    read_object(&Node::root(&value), at, &mut parsed)?;
+    Ok(parsed.documents.pop().map(|document| ApiObject {
+        document,
+        warnings: parsed.warnings,
+    }))
+}
+
 /// Deepest `[`/`{` nesting a policy may have: serde_yaml_ng refuses deeper documents too, but
 /// only after its scanner has gone through them, which takes time quadratic in the nesting (a
 /// 30 KB file of `[` took 3 s in fuzzing). Counting first keeps a hostile or broken file linear.
@@ -117,7 +159,7 @@ fn too_deeply_nested(text: &str) -> Option<usize> {
 fn document_ref(source: &str, index: usize, item: Option<usize>) -> DocumentRef {
     DocumentRef {
         source: source.to_string(),
-        index,
+        index: Some(index),
         item,
         identity: None,
     }
@@ -145,7 +187,10 @@ fn read_document(value: &Value, at: DocumentRef, parsed: &mut Parsed) -> Result<
     for (item, node) in items.map_err(|e| invalid(&at, e))?.into_iter().enumerate() {
         read_object(
             &Node::root(node.value),
-            document_ref(&at.source, at.index, Some(item)),
+            DocumentRef {
+                item: Some(item),
+                ..at.clone()
+            },
             parsed,
         )?;
     }

@@ -10,7 +10,7 @@ use crate::policy::error::{Concern, PolicyError, PolicyWarning};
 use crate::policy::legacy::LegacyView;
 use crate::policy::legacy_policy::LegacyPolicy;
 use crate::policy::node::child_path;
-use crate::policy::parse::{parse_text, Document, Parsed};
+use crate::policy::parse::{parse_text, ApiObject, Document, Parsed};
 use crate::policy::peer_authentication::{PeerAuthentication, HTTP_ALPN_ANNOTATION};
 use crate::policy::protocol::{self, PortProtocol, ProtocolOverrides};
 use crate::policy::resolve::Levels;
@@ -61,6 +61,17 @@ impl PolicySet {
     /// Parses the text of one file; `source` names it in messages (`.json` selects JSON).
     pub fn parse_str(text: &str, source: &str) -> Result<Loaded, PolicyError> {
         Self::from_parsed(parse_text(text, source)?, Vec::new())
+    }
+
+    /// The objects a cluster holds, each read by [`crate::policy::read_api_object`]; their
+    /// warnings were the reader's to report. Objects are unique by kind, namespace and name in
+    /// a cluster, so the duplicate check of files can only fail on a caller's mistake.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = &'a ApiObject>) -> Result<Loaded, PolicyError> {
+        let parsed = Parsed {
+            documents: objects.into_iter().map(|object| object.document().clone()).collect(),
+            ..Parsed::default()
+        };
+        Self::from_parsed(parsed, Vec::new())
     }
 
     /// No policy file at all: every port is PERMISSIVE.

@@ -108,7 +108,7 @@ pub(crate) fn parse_one<T>(
     let root = crate::policy::node::Node::root(&value);
     let mut origin = crate::policy::error::DocumentRef {
         source: "test.yaml".into(),
-        index: 0,
+        index: Some(0),
         item: None,
         identity: None,
     };

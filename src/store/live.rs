@@ -23,4 +23,11 @@ impl<T> Live<T> {
     pub fn replace(&self, value: T) {
         self.tx.send_replace(Arc::new(value));
     }
+
+    /// Waits until the current value satisfies `ready` (at once if it does already).
+    pub async fn wait_for(&self, mut ready: impl FnMut(&T) -> bool) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives as long as `self`, so the wait cannot end in an error.
+        let _ = rx.wait_for(|value| ready(value)).await;
+    }
 }

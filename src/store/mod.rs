@@ -12,12 +12,19 @@
 //! - `policy`: one policy generation resolved for the workload (`PolicySnapshot`).
 //! - `tls`: one credentials generation ready for handshakes (`TlsSnapshot`).
 //! - `renewal`: how renewals from the mesh CA are going (`Renewal`).
+//! - `source`: where the policy comes from and how that source is doing (`SourceStatus`).
+//!
+//! With the Kubernetes API as the source, the store opens with generation 0, an empty
+//! placeholder that no connection ever reads: the listeners start accepting only once the first
+//! complete list is published as generation 1 ([`Store::policy_in_force`]).
 
 mod live;
 mod policy;
 mod renewal;
+mod source;
 mod tls;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -25,6 +32,7 @@ use std::time::{Duration, SystemTime};
 pub use live::Live;
 pub use policy::{PolicySnapshot, PortMode};
 pub use renewal::Renewal;
+pub use source::{ClusterStatus, ObjectStatus, ResourceStatus, SourceStatus, WatchState};
 pub use tls::TlsSnapshot;
 
 use crate::config::{CertSource, Config};
@@ -71,16 +79,21 @@ pub struct Store {
     tls: Live<TlsSnapshot>,
     /// Held while credentials are built and published, so that a roots reload (which keeps the
     /// certificate in use) never puts back a certificate a renewal has just replaced.
-    publishing: Mutex<()>,
+    publishing_credentials: Mutex<()>,
     /// Renewals from the mesh CA; `None` with a file source.
     renewal: Mutex<Option<Renewal>>,
+    /// Held while a new policy generation is made from the current one, so that two
+    /// publishers (a source and a labels change) never both build on the same generation.
+    publishing_policy: Mutex<()>,
+    source: Mutex<SourceStatus>,
     settings: Settings,
     metrics: Arc<Metrics>,
 }
 
 impl Store {
     /// Loads the first policy and credentials from the configured files; either failing is
-    /// fatal at start, unlike on reload.
+    /// fatal at start, unlike on reload. With the Kubernetes source the policy is generation 0
+    /// until the source publishes its first complete list.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Store, OpenError> {
         let credentials = match &config.certs {
             CertSource::MeshCa(_) => return Err(OpenError::Certificates(TlsLoadError::NotIssuedYet)),
@@ -98,21 +111,81 @@ impl Store {
             policy_path: config.policy.clone(),
             certs: config.certs.clone(),
         };
-        let loaded = Loaded::from_path(settings.policy_path.as_deref())?;
-        let policy = settings.policy_snapshot(1, config.workload.clone(), loaded);
+        let (generation, loaded, source) = match &config.kubernetes {
+            None => (
+                1,
+                Loaded::from_path(settings.policy_path.as_deref())?,
+                SourceStatus::Files {
+                    path: settings.policy_path.clone(),
+                },
+            ),
+            Some(_) => (
+                0,
+                Loaded::from_path(None)?,
+                SourceStatus::Kubernetes(ClusterStatus::default()),
+            ),
+        };
+        let policy = settings.policy_snapshot(generation, config.workload.clone(), loaded);
         let tls = settings.tls_snapshot(1, credentials)?;
         log_in_use(&tls, &settings.trust_domain);
-        metrics.policy_in_force(1);
+        metrics.policy_in_force(generation);
         metrics.certificate_in_force(&settings.certs.describe(), &tls.serial, tls.not_after);
         let renewal = matches!(settings.certs, CertSource::MeshCa(_)).then(Renewal::default);
         Ok(Store {
             policy: Live::new(policy),
             tls: Live::new(tls),
-            publishing: Mutex::new(()),
+            publishing_credentials: Mutex::new(()),
+            publishing_policy: Mutex::new(()),
             renewal: Mutex::new(renewal),
+            source: Mutex::new(source),
             settings,
             metrics,
         })
+    }
+
+    /// Returns once a policy is in force (generation 1 or later): at once with files.
+    pub async fn policy_in_force(&self) {
+        self.policy.wait_for(|policy| policy.generation > 0).await;
+    }
+
+    /// Where the policy comes from and how that source is doing.
+    pub fn source_status(&self) -> SourceStatus {
+        self.source.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A source reports how it is doing (`/config_dump`, readiness).
+    pub fn set_source_status(&self, status: SourceStatus) {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// The workload's labels changed (`kubectl label pod`): the documents in force are resolved
+    /// again for the new labels, as the next generation. Before the first policy there is
+    /// nothing to resolve yet; the first one is resolved for the new labels.
+    pub fn relabel(&self, labels: BTreeMap<String, String>) {
+        let _publishing = self.publishing_policy.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.policy();
+        let mut workload = current.workload.clone();
+        workload.labels = labels;
+        let generation = if current.generation == 0 {
+            0
+        } else {
+            current.generation + 1
+        };
+        let loaded = Loaded {
+            set: current.set.clone(),
+            warnings: Vec::new(),
+            files: current.files.clone(),
+            skipped_documents: 0,
+        };
+        self.policy
+            .replace(self.settings.policy_snapshot(generation, workload, loaded));
+        if generation > 0 {
+            self.metrics.policy_reloaded(generation);
+            tracing::info!(
+                generation,
+                "workload labels changed; every port resolved again; new connections use it"
+            );
+        }
     }
 
     /// The policy in force: take it once per connection.
@@ -137,6 +210,7 @@ impl Store {
 
     /// Puts a validated policy in force as the next generation; new connections use it.
     pub fn publish_policy(&self, loaded: Loaded) -> u64 {
+        let _publishing = self.publishing_policy.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.policy();
         let generation = current.generation + 1;
         let files = loaded.files.len();
@@ -144,8 +218,14 @@ impl Store {
             self.settings
                 .policy_snapshot(generation, current.workload.clone(), loaded),
         );
-        self.metrics.policy_reloaded(generation);
-        tracing::info!(generation, files, "policy reloaded; new connections use it");
+        if generation == 1 {
+            // The first policy of a source that starts without one (the Kubernetes API).
+            self.metrics.policy_in_force(generation);
+            tracing::info!(generation, "first policy in force; the listeners accept from now on");
+        } else {
+            self.metrics.policy_reloaded(generation);
+            tracing::info!(generation, files, "policy reloaded; new connections use it");
+        }
         generation
     }
 
@@ -153,7 +233,7 @@ impl Store {
     /// earlier TLS session ends (its resumption store goes with the old generation). A set that
     /// cannot make a TLS configuration keeps the old one.
     pub fn publish_credentials(&self, credentials: &Credentials) -> Result<(), TlsLoadError> {
-        let _publishing = self.lock_publishing();
+        let _publishing = self.lock_publishing_credentials();
         self.put_in_use(credentials)?;
         self.metrics.certificate_reloaded();
         Ok(())
@@ -162,7 +242,7 @@ impl Store {
     /// Puts a certificate the mesh CA issued in force, as [`Store::publish_credentials`] does,
     /// and counts the renewal; the next one is due at `next_renewal`.
     pub fn publish_issued(&self, credentials: &Credentials, next_renewal: SystemTime) -> Result<(), TlsLoadError> {
-        let _publishing = self.lock_publishing();
+        let _publishing = self.lock_publishing_credentials();
         self.put_in_use(credentials)?;
         self.metrics.certificate_renewed(true, next_renewal);
         self.update_renewal(|renewal| {
@@ -200,8 +280,10 @@ impl Store {
         }
     }
 
-    fn lock_publishing(&self) -> MutexGuard<'_, ()> {
-        self.publishing.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_publishing_credentials(&self) -> MutexGuard<'_, ()> {
+        self.publishing_credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Builds the next generation from `credentials` and makes it the one in use.
@@ -238,7 +320,7 @@ impl Store {
     /// Re-reads the certificate files (with the mesh CA, the roots file only, keeping the issued
     /// certificate); a failure keeps the last good credentials and is counted.
     pub fn reload_certificate_files(&self) {
-        let publishing = self.lock_publishing();
+        let publishing = self.lock_publishing_credentials();
         let published = match &self.settings.certs {
             CertSource::MeshCa(ca) => load_roots(&ca.root_cert)
                 .map_err(TlsLoadError::from)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::policy::authorization::Authorizer;
-use crate::policy::{Loaded, PortPolicy, PortProtocol, ProtocolOverrides, ResolvedPort, Workload};
+use crate::policy::{Loaded, PolicySet, PortPolicy, PortProtocol, ProtocolOverrides, ResolvedPort, Workload};
 
 /// What one workload port resolved to: its effective mode, with what the access log says about
 /// its source, and the app protocol that decides the ALPN of terminated connections.
@@ -46,6 +46,8 @@ pub struct PolicySnapshot {
     other: PortMode,
     /// The AuthorizationPolicies that apply to the workload, compiled.
     pub authorizer: Authorizer,
+    /// The documents this was resolved from, kept to resolve them again for new labels.
+    pub(super) set: PolicySet,
 }
 
 impl PolicySnapshot {
@@ -71,6 +73,7 @@ impl PolicySnapshot {
                 .collect(),
             other: PortMode::new(ports.other),
             authorizer,
+            set: loaded.set,
         }
     }
 

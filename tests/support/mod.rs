@@ -2,6 +2,7 @@ pub mod admin;
 pub mod app;
 pub mod clients;
 pub mod http_app;
+pub mod kube_api;
 pub mod logs;
 pub mod mesh_ca;
 pub mod netns;
