@@ -4,34 +4,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
+use support::cli::{peerguard, policy, stdout};
 use support::kube_api::{KubeApi, ALL_GROUP_VERSIONS};
 
-const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/policies");
-
 fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peerguard"))
-        .arg("check")
-        .args(args)
-        .env_remove("POD_NAMESPACE")
-        .output()
-        .expect("peerguard runs")
-}
-
-fn policy(name: &str) -> String {
-    format!("{POLICIES}/{name}")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+    peerguard("check", args)
 }
 
 fn json_rows(args: &[&str]) -> Value {
@@ -290,18 +270,10 @@ fn a_bad_label_exits_2() {
 
 #[test]
 fn run_refuses_a_bad_label_with_the_same_exit_code_and_words_as_check() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_peerguard"))
-        .args([
-            "run",
-            "--namespace",
-            "foo",
-            "--labels",
-            "app",
-            "--cert-dir",
-            "/nonexistent",
-        ])
-        .output()
-        .expect("run peerguard");
+    let output = peerguard(
+        "run",
+        &["--namespace", "foo", "--labels", "app", "--cert-dir", "/nonexistent"],
+    );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
@@ -715,8 +687,8 @@ async fn check_kubeconfig_answers_from_the_live_cluster_as_from_the_same_files()
             &["--namespace", "default", "--labels", "app=httpbin"],
         ),
     ];
-    for (policy, workload) in cases {
-        let path = Path::new(POLICIES).join(policy);
+    for (seed, workload) in cases {
+        let path = std::path::PathBuf::from(policy(seed));
         let api = KubeApi::start(ALL_GROUP_VERSIONS).await;
         api.apply_yaml(&documents(&path));
         let kubeconfig = api.kubeconfig().display().to_string();
@@ -728,7 +700,7 @@ async fn check_kubeconfig_answers_from_the_live_cluster_as_from_the_same_files()
         })
         .await
         .unwrap();
-        assert_eq!(from_cluster, from_file, "{policy} {workload:?}");
+        assert_eq!(from_cluster, from_file, "{seed} {workload:?}");
     }
 }
 

@@ -1,34 +1,10 @@
 //! `peerguard tls-check` as an operator runs it: the real binary on the seeds' policies and
 //! DestinationRules.
 
-use std::process::{Command, Output};
+mod support;
 
 use serde_json::{json, Value};
-
-const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/policies");
-
-fn peerguard(command: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peerguard"))
-        .arg(command)
-        .args(args)
-        .env_remove("POD_NAMESPACE")
-        .output()
-        .expect("peerguard runs")
-}
-
-fn policy(name: &str) -> String {
-    format!("{POLICIES}/{name}")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
-}
+use support::cli::{peerguard, policy, stdout};
 
 fn tls_check(args: &[&str]) -> String {
     stdout(&peerguard("tls-check", args))

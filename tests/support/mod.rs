@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod clients;
 pub mod http_app;
 pub mod kube_api;
