@@ -88,14 +88,11 @@ impl DataPath {
         } else {
             Classified::not_read()
         };
+        // Taken apart here so that only its small pieces stay in this future's state while the
+        // connection forwards: an idle connection is as big as what its task holds.
         let decision = decide(mode, &classified.sniffed, port.policy.http_alpn);
         let read_opening = classified.sniffed.opening();
-        let sniff_time = classified.elapsed;
-        let prefix = classified.prefix;
-        let mut tls = match classified.sniffed {
-            Sniffed::Tls(hello) => Some(TlsRecord::offered(hello, prefix.len())),
-            _ => None,
-        };
+        let (sniff_time, prefix, mut tls) = split(classified);
         let mut authorization = None;
         let reached_app = match (decision.action, tls.as_deref_mut()) {
             (Action::Refuse, _) => {
@@ -217,12 +214,28 @@ impl DataPath {
         replay(&mut upstream, &prefix).await?;
         let replayed = prefix.len() as u64;
         drop(prefix);
-        let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout, self.cut.wait()).await;
+        let transferred = forward(
+            &mut client,
+            &mut upstream,
+            self.limits.idle_timeout,
+            std::pin::pin!(self.cut.wait()),
+        )
+        .await;
         Ok(Transferred {
             to_app: replayed + transferred.to_app,
             ..transferred
         })
     }
+}
+
+/// What the rest of a connection needs from its classification: the sniff time, the bytes to
+/// replay, and what the ClientHello offered. The ClientHello itself is not kept.
+fn split(classified: Classified) -> (Option<Duration>, Vec<u8>, Option<Box<TlsRecord>>) {
+    let tls = match classified.sniffed {
+        Sniffed::Tls(hello) => Some(TlsRecord::offered(hello, classified.prefix.len())),
+        _ => None,
+    };
+    (classified.elapsed, classified.prefix, tls)
 }
 
 /// Writes the bytes read while classifying to the app, first.

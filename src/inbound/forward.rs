@@ -54,6 +54,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Endpoint for tokio_rustls::server::TlsS
     }
 }
 
+impl<E: Endpoint + ?Sized> Endpoint for Box<E> {
+    fn socket(&self) -> Option<&TcpStream> {
+        (**self).socket()
+    }
+}
+
 /// One direction's state. `spill` holds bytes read but not yet accepted by the destination;
 /// `pipe` is there while the direction carries bulk between two sockets.
 #[derive(Default)]
@@ -220,18 +226,18 @@ impl Direction {
 
 /// Copies `client` <-> `app` until both directions end, one of them fails, nothing moves for
 /// `idle_timeout`, or `cut` resolves (a drain's deadline). Each EOF is passed on as a write
-/// shutdown (half-close).
+/// shutdown (half-close). `cut` comes pinned by the caller: taken by value, it would be stored
+/// twice in this future (as the argument and pinned), in every idle connection's task.
 pub async fn forward<C, A>(
     client: &mut C,
     app: &mut A,
     idle_timeout: Duration,
-    cut: impl Future<Output = ()>,
+    mut cut: Pin<&mut impl Future<Output = ()>>,
 ) -> Transferred
 where
     C: Endpoint,
     A: Endpoint,
 {
-    tokio::pin!(cut);
     let mut to_app = Direction::default();
     let mut to_client = Direction::default();
     let mut opening = Opening::Unseen;
@@ -366,7 +372,7 @@ mod tests {
                 &mut proxy_client_side,
                 &mut proxy_app_side,
                 idle_timeout,
-                std::future::pending(),
+                std::pin::pin!(std::future::pending()),
             )
             .await
         });
@@ -445,7 +451,7 @@ mod tests {
                 &mut proxy_client_side,
                 &mut proxy_app_side,
                 Duration::from_millis(200),
-                std::future::pending(),
+                std::pin::pin!(std::future::pending()),
             ),
         )
         .await

@@ -17,7 +17,9 @@ use crate::tls::sessions::Declined;
 
 /// A finished handshake: the decrypted stream and who is on the other end.
 pub struct Terminated {
-    pub stream: TlsStream<PrefixedIo<TcpStream>>,
+    /// Boxed: a TLS stream is large, and moved from the handshake to the forwarding future it
+    /// would take space in each of them for the connection's whole life.
+    pub stream: Box<TlsStream<PrefixedIo<TcpStream>>>,
     pub peer: Peer,
     /// The ALPN protocol the server selected, if any.
     pub alpn: Option<Vec<u8>>,
@@ -50,7 +52,11 @@ pub async fn terminate(
             let (_, connection) = stream.get_ref();
             let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
             match handshake.finish(connection) {
-                Ok(peer) => Ok(Terminated { stream, peer, alpn }),
+                Ok(peer) => Ok(Terminated {
+                    stream: Box::new(stream),
+                    peer,
+                    alpn,
+                }),
                 Err(rejected) => Err(rejection_reason(rejected)),
             }
         }
