@@ -10,7 +10,7 @@ use peerguard::app::Running;
 
 use crate::support::admin::DEADLINE;
 use crate::support::admin::{eventually, get};
-use crate::support::proxy::{namespace_policy, start_run_line};
+use crate::support::proxy::{namespace_policy, start_run_line, FREE_ENDPOINTS};
 use peerguard::certs::IssuedCert;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,14 +57,7 @@ pub async fn echoes(stream: &mut TcpStream, message: &[u8]) -> bool {
 
 /// Starts the proxy in this process; admin and health on free ports.
 pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
-    let mut line = run_line(&[
-        "--admin",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let mut line = run_line(&[]);
     line.extend(args.iter().map(|a| a.as_ref().to_string()));
     start_run_line(&line).await
 }
@@ -74,6 +67,7 @@ pub async fn start<S: AsRef<str>>(args: &[S]) -> Running {
 fn run_line(args: &[&str]) -> Vec<String> {
     let mut line = vec!["peerguard", "run", "--inbound", "none"];
     line.extend(WORKLOAD);
+    line.extend(FREE_ENDPOINTS);
     line.extend(args);
     line.into_iter().map(String::from).collect()
 }
@@ -170,16 +164,7 @@ pub struct Binary {
 impl Binary {
     /// Starts it with free ports and waits until it says where it serves.
     pub async fn start<S: AsRef<str>>(args: &[S]) -> Binary {
-        let mut line = run_line(&[
-            "--admin",
-            "127.0.0.1:0",
-            "--health",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ]);
+        let mut line = run_line(&["--log-format", "json"]);
         line.extend(args.iter().map(|a| a.as_ref().to_string()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_peerguard"))
             .args(&line[1..])

@@ -146,21 +146,20 @@ fn run_line_for(apps: &[SocketAddr]) -> Vec<String> {
     for app in apps {
         line.extend(["--listen".into(), format!("127.0.0.1:0={app}")]);
     }
-    line.extend(
-        [
-            "--namespace",
-            "default",
-            "--admin",
-            "127.0.0.1:0",
-            "--health",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
-    );
+    line.extend(["--namespace", "default"].map(String::from));
+    line.extend(FREE_ENDPOINTS.map(String::from));
     line
 }
+
+/// Admin, health and metrics on ports the kernel picks, so tests run in parallel.
+pub const FREE_ENDPOINTS: [&str; 6] = [
+    "--admin",
+    "127.0.0.1:0",
+    "--health",
+    "127.0.0.1:0",
+    "--metrics",
+    "127.0.0.1:0",
+];
 
 /// Starts peerguard in this process from a `peerguard run ...` command line, through the same
 /// parsing and validation as the binary.
