@@ -2,15 +2,19 @@
 //! first bytes -> decide -> terminate, forward or refuse -> one record. Each stage returns its
 //! piece; [`DataPath::stages`] puts them together, so one function says why a connection ended.
 
+// The stages are plain fns returning async blocks on purpose (see `DataPath::serve`): an
+// `async fn` would keep its arguments twice in every connection's state.
+#![allow(clippy::manual_async_fn)]
+
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -20,6 +24,7 @@ use crate::inbound::cut::Cut;
 use crate::inbound::decide::{decide, reads_first_bytes};
 use crate::inbound::forward::{forward, Endpoint};
 use crate::inbound::terminate::terminate;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::outcome::client_text::LogStyle;
 use crate::outcome::record::{Ended, Record, TlsRecord};
@@ -44,105 +49,155 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// Serves one accepted connection whose app is at `app` (the workload port is its port)
-    /// and returns its record. Debug lines inside it carry a span naming the connection.
-    pub async fn serve(&self, client: TcpStream, source: SocketAddr, target: Target) -> Record {
-        let started = Instant::now();
-        let app = target.app;
-        let policy = self.store.policy();
-        let port = policy.port(app.port());
-        let span = tracing::debug_span!("connection", %source, port = app.port(), mode = port.policy.mode.as_str());
-        let who = Who {
-            source,
-            target,
-            authorizer: &policy.authorizer,
-        };
-        let stages = self.stages(client, who, port).instrument(span);
-        tokio::pin!(stages);
-        let ended = tokio::select! {
-            ended = &mut stages => ended,
-            // A connection that is forwarding sees the cut itself and ends with its bytes
-            // counted: polled once more now, it does (in the poll that woke this branch it may
-            // have come first). One still before the app (sniffing, handshaking, connecting)
-            // stays pending and ends here.
-            () = self.cut.wait() => match poll_once(stages.as_mut()).await {
-                Some(ended) => ended,
-                None => Ended::refused(Reason::Drained),
-            },
-        };
-        let applied = Some((port.policy.mode, port.label.clone()));
-        Record::new(source, app.port(), applied, ended, started.elapsed())
+    /// Serves one accepted connection to its end, then writes its record: the access log line,
+    /// the metrics and the STRICT audit; the connection's place under the cap is given back
+    /// last. Debug lines inside it carry a span naming the connection.
+    ///
+    /// This and the stages below are plain fns returning async blocks rather than `async fn`s:
+    /// an async fn keeps its arguments twice in its state (as arguments, and as the locals they
+    /// are moved into), and an idle connection is as big as its task.
+    pub fn serve(
+        self: Arc<Self>,
+        accepted: Accepted,
+        metrics: Arc<Metrics>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let _active = metrics.connection_opened();
+            let record = match &accepted.target {
+                Ok(target) => {
+                    let who = Who {
+                        source: accepted.source,
+                        target,
+                    };
+                    self.serve_target(accepted.client, &who).await
+                }
+                Err(own_port) => Record::new(
+                    accepted.source,
+                    *own_port,
+                    None,
+                    Ended::refused(Reason::OwnPort),
+                    Duration::ZERO,
+                ),
+            };
+            record.log(self.log_style);
+            metrics.connection_ended(&record);
+            self.audit.record(&record);
+            drop(accepted.permit);
+        }
+    }
+
+    /// One connection whose app is at `who.target.app` (the workload port is its port), to its
+    /// record.
+    fn serve_target<'a>(&'a self, client: TcpStream, who: &'a Who<'a>) -> impl Future<Output = Record> + 'a {
+        async move {
+            let started = Instant::now();
+            let workload_port = who.target.app.port();
+            let policy = self.store.policy();
+            let port = policy.port(workload_port);
+            let span = tracing::debug_span!("connection", source = %who.source, port = workload_port, mode = port.policy.mode.as_str());
+            let stages = self.stages(client, who, &policy.authorizer, port).instrument(span);
+            tokio::pin!(stages);
+            let cut = self.cut.wait();
+            tokio::pin!(cut);
+            // The cut first: a connection that is forwarding then sees it itself, in the poll
+            // below, and ends with its bytes counted; one still before the app (sniffing,
+            // handshaking, connecting) stays pending and ends here.
+            let ended = std::future::poll_fn(|cx| {
+                let cut = cut.as_mut().poll(cx).is_ready();
+                match stages.as_mut().poll(cx) {
+                    Poll::Ready(ended) => Poll::Ready(ended),
+                    Poll::Pending if cut => Poll::Ready(Ended::refused(Reason::Drained)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let applied = Some((port.policy.mode, port.label.clone()));
+            Record::new(who.source, workload_port, applied, ended, started.elapsed())
+        }
     }
 
     /// classify -> decide -> refuse, or authorize then forward, or terminate then authorize
     /// then forward.
-    async fn stages(&self, mut client: TcpStream, who: Who<'_>, port: &PortMode) -> Ended {
-        let app = who.target.app;
-        let mode = port.policy.mode;
-        let classified = if reads_first_bytes(mode) {
-            match classify(&mut client, self.sniff_limits()).await {
-                Ok(classified) => classified,
-                Err(ClassifyError::ClosedEarly) => return Ended::refused(Reason::ClientClosedEarly),
-                Err(ClassifyError::Io(_)) => return Ended::refused(Reason::ClientIoError),
-            }
-        } else {
-            Classified::not_read()
-        };
-        // Taken apart here so that only its small pieces stay in this future's state while the
-        // connection forwards: an idle connection is as big as what its task holds.
-        let decision = decide(mode, &classified.sniffed, port.policy.http_alpn);
-        let read_opening = classified.sniffed.opening();
-        let (sniff_time, prefix, mut tls) = split(classified);
-        let mut authorization = None;
-        let reached_app = match (decision.action, tls.as_deref_mut()) {
-            (Action::Refuse, _) => {
-                reset(&client);
-                Err(decision.reason)
-            }
-            // No identity: plaintext, the app's own TLS, or anything on a DISABLE port.
-            (Action::Passthrough, tls) => {
-                authorization = who.authorize(None, tls.and_then(|t| t.sni.as_deref()), &client);
-                if denied(&authorization) {
-                    reset(&client);
-                    Err(Reason::DeniedByPolicy)
+    fn stages<'a>(
+        &'a self,
+        mut client: TcpStream,
+        who: &'a Who<'a>,
+        authorizer: &'a Authorizer,
+        port: &'a PortMode,
+    ) -> impl Future<Output = Ended> + 'a {
+        async move {
+            let app = who.target.app;
+            let mode = port.policy.mode;
+            // In a block of its own so that the classification's storage ends here: only its
+            // small pieces stay in this future's state while the connection forwards.
+            let (decision, read_opening, sniff_time, prefix, mut tls) = {
+                let classified = if reads_first_bytes(mode) {
+                    match classify(&mut client, self.sniff_limits()).await {
+                        Ok(classified) => classified,
+                        Err(ClassifyError::ClosedEarly) => return Ended::refused(Reason::ClientClosedEarly),
+                        Err(ClassifyError::Io(_)) => return Ended::refused(Reason::ClientIoError),
+                    }
                 } else {
-                    self.forward_to_app(client, prefix, app).await
+                    Classified::not_read()
+                };
+                let decision = decide(mode, &classified.sniffed, port.policy.http_alpn);
+                let read_opening = classified.sniffed.opening();
+                let (sniff_time, prefix, tls) = split(classified);
+                (decision, read_opening, sniff_time, prefix, tls)
+            };
+            let mut authorization = None;
+            let reached_app = match (decision.action, tls.as_deref_mut()) {
+                (Action::Refuse, _) => {
+                    reset(&client);
+                    Err(decision.reason)
                 }
+                // No identity: plaintext, the app's own TLS, or anything on a DISABLE port.
+                (Action::Passthrough, tls) => {
+                    authorization = who.authorize(authorizer, None, tls.and_then(|t| t.sni.as_deref()), &client);
+                    if denied(&authorization) {
+                        reset(&client);
+                        Err(Reason::DeniedByPolicy)
+                    } else {
+                        self.forward_to_app(client, prefix, app).await
+                    }
+                }
+                // Boxed: a terminated connection's state (the TLS stream, its authorization) is
+                // larger than a passed-through one's, and a task is as big as its largest state;
+                // only terminated connections should pay for it.
+                (Action::Terminate, Some(tls)) => {
+                    let peer = Peer { who, authorizer };
+                    let terminate = self.terminate_then_forward(client, prefix, tls, port.protocol.protocol, peer);
+                    let (reached_app, verdict) = Box::pin(terminate).await;
+                    authorization = verdict;
+                    reached_app
+                }
+                // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
+                (Action::Terminate, None) => Err(Reason::HandshakeFailed),
+            };
+            // A port that forwards before reading (DISABLE) learns how the client opened from
+            // the copy loop.
+            let opening = match (&reached_app, read_opening) {
+                (Ok(transfer), Opening::Unseen) => transfer.opening,
+                _ => read_opening,
+            };
+            match reached_app {
+                Ok(transfer) => Ended {
+                    action: decision.action,
+                    reason: decision.reason,
+                    opening,
+                    sniff_time,
+                    tls,
+                    transfer: Some(transfer),
+                    authorization,
+                },
+                Err(reason) => Ended {
+                    opening,
+                    sniff_time,
+                    tls,
+                    authorization,
+                    ..Ended::refused(reason)
+                },
             }
-            // Boxed: the handshake and the TLS stream are large, and a task is as big as its
-            // largest state; only terminated connections should pay for them.
-            (Action::Terminate, Some(tls)) => {
-                let terminate = self.terminate_then_forward(client, prefix, tls, port.protocol.protocol, &who);
-                let (reached_app, verdict) = Box::pin(terminate).await;
-                authorization = verdict;
-                reached_app
-            }
-            // decide() terminates only a parsed ClientHello; anything else cannot be handshaken.
-            (Action::Terminate, None) => Err(Reason::HandshakeFailed),
-        };
-        // A port that forwards before reading (DISABLE) learns how the client opened from the
-        // copy loop.
-        let opening = match (&reached_app, read_opening) {
-            (Ok(transfer), Opening::Unseen) => transfer.opening,
-            _ => read_opening,
-        };
-        match reached_app {
-            Ok(transfer) => Ended {
-                action: decision.action,
-                reason: decision.reason,
-                opening,
-                sniff_time,
-                tls,
-                transfer: Some(transfer),
-                authorization,
-            },
-            Err(reason) => Ended {
-                opening,
-                sniff_time,
-                tls,
-                authorization,
-                ..Ended::refused(reason)
-            },
         }
     }
 
@@ -156,75 +211,82 @@ impl DataPath {
     /// The mTLS handshake with the configuration that fits the client's ALPN list and the app's
     /// protocol (what it found goes into `tls`), then the peer's authorization, then the
     /// decrypted stream to the app.
-    async fn terminate_then_forward(
-        &self,
+    fn terminate_then_forward<'a>(
+        &'a self,
         client: TcpStream,
         prefix: Vec<u8>,
-        tls: &mut TlsRecord,
+        tls: &'a mut TlsRecord,
         protocol: AppProtocol,
-        who: &Who<'_>,
-    ) -> (Result<Transferred, Reason>, Option<Box<Verdict>>) {
-        let credentials = self.store.tls();
-        let started = Instant::now();
-        let handshake = terminate(
-            client,
-            prefix,
-            &tls.alpn,
-            protocol,
-            &credentials.acceptors,
-            self.limits.handshake_timeout,
-        )
-        .await;
-        drop(credentials);
-        tls.resumption_declined = handshake.declined;
-        let terminated = match handshake.result {
-            Ok(terminated) => terminated,
-            Err(reason) => return (Err(reason), None),
-        };
-        tls.handshake_time = Some(started.elapsed());
-        tls.resumed = terminated.peer.resumed;
-        tls.negotiated_alpn = terminated.alpn;
-        let tcp = terminated.stream.get_ref().0.get_ref();
-        let verdict = who.authorize(Some(&terminated.peer.id), tls.sni.as_deref(), tcp);
-        tls.peer = Some(terminated.peer.id);
-        if denied(&verdict) {
-            reset(tcp);
-            return (Err(Reason::DeniedByPolicy), verdict);
+        peer: Peer<'a>,
+    ) -> impl Future<Output = (Result<Transferred, Reason>, Option<Box<Verdict>>)> + 'a {
+        async move {
+            // In a block of its own so that the handshake's results, once taken apart, leave
+            // this future's state: only the stream and the verdict stay while it forwards.
+            let (stream, verdict) = {
+                let credentials = self.store.tls();
+                let started = Instant::now();
+                // Boxed, and so freed once done: the handshake's state is large, and in place
+                // it would make the connection as big for its whole life.
+                let handshake = Box::pin(terminate(
+                    client,
+                    prefix,
+                    &tls.alpn,
+                    protocol,
+                    &credentials.acceptors,
+                    self.limits.handshake_timeout,
+                ))
+                .await;
+                drop(credentials);
+                tls.resumption_declined = handshake.declined;
+                let terminated = match handshake.result {
+                    Ok(terminated) => terminated,
+                    Err(reason) => return (Err(reason), None),
+                };
+                tls.handshake_time = Some(started.elapsed());
+                tls.resumed = terminated.peer.resumed;
+                tls.negotiated_alpn = terminated.alpn;
+                let tcp = terminated.stream.get_ref().0.get_ref();
+                let verdict = peer
+                    .who
+                    .authorize(peer.authorizer, Some(&terminated.peer.id), tls.sni.as_deref(), tcp);
+                tls.peer = Some(terminated.peer.id);
+                if denied(&verdict) {
+                    reset(tcp);
+                    return (Err(Reason::DeniedByPolicy), verdict);
+                }
+                (terminated.stream, verdict)
+            };
+            (
+                self.forward_to_app(stream, Vec::new(), peer.who.target.app).await,
+                verdict,
+            )
         }
-        (
-            self.forward_to_app(terminated.stream, Vec::new(), who.target.app).await,
-            verdict,
-        )
     }
 
     /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
-    async fn forward_to_app<C: Endpoint>(
-        &self,
+    fn forward_to_app<'a, C: Endpoint + 'a>(
+        &'a self,
         mut client: C,
         prefix: Vec<u8>,
         app: SocketAddr,
-    ) -> Result<Transferred, Reason> {
-        let source = net::upstream_source(app.ip());
-        let mut upstream = net::connect_upstream(app, source, self.limits.connect_timeout)
-            .await
-            .map_err(|e| {
-                tracing::debug!(%app, error = %e, "connecting to the app failed");
-                Reason::UpstreamConnectFailed
-            })?;
-        replay(&mut upstream, &prefix).await?;
-        let replayed = prefix.len() as u64;
-        drop(prefix);
-        let transferred = forward(
-            &mut client,
-            &mut upstream,
-            self.limits.idle_timeout,
-            std::pin::pin!(self.cut.wait()),
-        )
-        .await;
-        Ok(Transferred {
-            to_app: replayed + transferred.to_app,
-            ..transferred
-        })
+    ) -> impl Future<Output = Result<Transferred, Reason>> + 'a {
+        async move {
+            let source = net::upstream_source(app.ip());
+            let mut upstream = net::connect_upstream(app, source, self.limits.connect_timeout)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(%app, error = %e, "connecting to the app failed");
+                    Reason::UpstreamConnectFailed
+                })?;
+            replay(&mut upstream, &prefix).await?;
+            let replayed = prefix.len() as u64;
+            drop(prefix);
+            let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout, &self.cut).await;
+            Ok(Transferred {
+                to_app: replayed + transferred.to_app,
+                ..transferred
+            })
+        }
     }
 }
 
@@ -259,18 +321,40 @@ pub struct Target {
     pub destination: Option<IpAddr>,
 }
 
+/// A connection as the accept loop hands it over.
+pub struct Accepted {
+    pub client: TcpStream,
+    pub source: SocketAddr,
+    /// Where it goes, or `Err(port)` when its original destination is peerguard itself.
+    pub target: Result<Target, u16>,
+    /// Its place under the connection cap, held until its record is written.
+    pub permit: OwnedSemaphorePermit,
+}
+
 /// Who a connection is from and to, for authorization.
 struct Who<'a> {
     source: SocketAddr,
-    target: Target,
+    target: &'a Target,
+}
+
+/// What a terminated connection's authorization needs, once its peer is known.
+#[derive(Clone, Copy)]
+struct Peer<'a> {
+    who: &'a Who<'a>,
     authorizer: &'a Authorizer,
 }
 
 impl Who<'_> {
     /// The verdict for a peer (`None`: no identity) that sent `sni`; `None` when no
     /// AuthorizationPolicy applies to the workload (nothing to decide or record).
-    fn authorize(&self, peer: Option<&SpiffeId>, sni: Option<&str>, client: &TcpStream) -> Option<Box<Verdict>> {
-        if self.authorizer.is_empty() {
+    fn authorize(
+        &self,
+        authorizer: &Authorizer,
+        peer: Option<&SpiffeId>,
+        sni: Option<&str>,
+        client: &TcpStream,
+    ) -> Option<Box<Verdict>> {
+        if authorizer.is_empty() {
             return None;
         }
         // A wildcard listener's address is the socket's; asked only here, where it matters.
@@ -278,7 +362,7 @@ impl Who<'_> {
             .target
             .destination
             .or_else(|| client.local_addr().ok().map(|local| local.ip()));
-        let verdict = self.authorizer.verdict(&ConnectionFacts {
+        let verdict = authorizer.verdict(&ConnectionFacts {
             peer,
             source_ip: Some(self.source.ip()),
             destination_ip,
@@ -291,15 +375,6 @@ impl Who<'_> {
 
 fn denied(verdict: &Option<Box<Verdict>>) -> bool {
     verdict.as_ref().is_some_and(|verdict| !verdict.allowed)
-}
-
-/// Polls `future` once: its output if it is ready now.
-async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
-    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
 }
 
 /// Closes a refused connection with a reset rather than a FIN, as Envoy does when no filter

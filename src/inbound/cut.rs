@@ -23,6 +23,12 @@ impl Cut {
         self.notify.notify_waiters();
     }
 
+    /// Whether [`Cut::cut`] has been called: what a future that is polled anyway (forwarding,
+    /// woken by its connection's [`Cut::wait`]) checks instead of holding a waiter of its own.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
     /// Resolves once [`Cut::cut`] has been called.
     pub async fn wait(&self) {
         loop {
@@ -30,7 +36,7 @@ impl Cut {
             tokio::pin!(notified);
             // Registered before the flag is read, so a cut between the two is not missed.
             notified.as_mut().enable();
-            if self.cut.load(Ordering::SeqCst) {
+            if self.is_cut() {
                 return;
             }
             notified.await;

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::inbound::cut::Cut;
 use crate::inbound::splice::Pipe;
 use crate::outcome::{End, Opening, Transferred};
 use crate::tls::client_hello::starts_handshake_record;
@@ -225,80 +226,87 @@ impl Direction {
 }
 
 /// Copies `client` <-> `app` until both directions end, one of them fails, nothing moves for
-/// `idle_timeout`, or `cut` resolves (a drain's deadline). Each EOF is passed on as a write
-/// shutdown (half-close). `cut` comes pinned by the caller: taken by value, it would be stored
-/// twice in this future (as the argument and pinned), in every idle connection's task.
-pub async fn forward<C, A>(
-    client: &mut C,
-    app: &mut A,
+/// `idle_timeout`, or `cut` is set (a drain's deadline). Each EOF is passed on as a write
+/// shutdown (half-close). The cut is read, not waited on: the connection's task waits on it
+/// once (`DataPath::serve`) and, woken, polls this again, which then ends with its bytes counted.
+///
+/// A plain fn returning an async block rather than an `async fn`: an async fn keeps its
+/// arguments twice in its state (as arguments, and as the locals they are moved into), and an
+/// idle connection is as big as its task.
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a, C, A>(
+    client: &'a mut C,
+    app: &'a mut A,
     idle_timeout: Duration,
-    mut cut: Pin<&mut impl Future<Output = ()>>,
-) -> Transferred
+    cut: &'a Cut,
+) -> impl Future<Output = Transferred> + 'a
 where
     C: Endpoint,
     A: Endpoint,
 {
-    let mut to_app = Direction::default();
-    let mut to_client = Direction::default();
-    let mut opening = Opening::Unseen;
-    let mut last_activity = Instant::now();
-    // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
-    // per read.
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
+    async move {
+        let mut to_app = Direction::default();
+        let mut to_client = Direction::default();
+        let mut opening = Opening::Unseen;
+        let mut last_activity = Instant::now();
+        // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
+        // per read.
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
 
-    let end = poll_fn(|cx| {
-        if cut.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Drained);
-        }
-        let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
-        let mut moved = false;
-        if !to_app.done() {
-            let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
-            note_opening(&mut opening, &to_app, &to_client);
-            if let Poll::Ready(Err((side, _))) = pumped {
-                return Poll::Ready(match side {
-                    Side::Source => End::ClientError,
-                    Side::Destination => End::AppError,
-                });
+        let end = poll_fn(|cx| {
+            if cut.is_cut() {
+                return Poll::Ready(End::Drained);
             }
-        }
-        if !to_client.done() {
-            let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
-            note_opening(&mut opening, &to_app, &to_client);
-            if let Poll::Ready(Err((side, _))) = pumped {
-                return Poll::Ready(match side {
-                    Side::Source => End::AppError,
-                    Side::Destination => End::ClientError,
-                });
+            let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
+            let mut moved = false;
+            if !to_app.done() {
+                let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
+                note_opening(&mut opening, &to_app, &to_client);
+                if let Poll::Ready(Err((side, _))) = pumped {
+                    return Poll::Ready(match side {
+                        Side::Source => End::ClientError,
+                        Side::Destination => End::AppError,
+                    });
+                }
             }
-        }
-        if to_app.done() && to_client.done() {
-            return Poll::Ready(End::Completed);
-        }
-        if moved {
-            last_activity = Instant::now();
-        }
-        let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
-        if holds_pipe && idle.deadline() > last_activity + PIPE_LINGER {
-            // A pipe was just made: wake in time to give it back.
-            idle.as_mut().reset(last_activity + PIPE_LINGER);
-        }
-        poll_idle(
-            cx,
-            idle.as_mut(),
-            last_activity,
-            idle_timeout,
-            [&mut to_app, &mut to_client],
-        )
-    })
-    .await;
+            if !to_client.done() {
+                let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
+                note_opening(&mut opening, &to_app, &to_client);
+                if let Poll::Ready(Err((side, _))) = pumped {
+                    return Poll::Ready(match side {
+                        Side::Source => End::AppError,
+                        Side::Destination => End::ClientError,
+                    });
+                }
+            }
+            if to_app.done() && to_client.done() {
+                return Poll::Ready(End::Completed);
+            }
+            if moved {
+                last_activity = Instant::now();
+            }
+            let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
+            if holds_pipe && idle.deadline() > last_activity + PIPE_LINGER {
+                // A pipe was just made: wake in time to give it back.
+                idle.as_mut().reset(last_activity + PIPE_LINGER);
+            }
+            poll_idle(
+                cx,
+                idle.as_mut(),
+                last_activity,
+                idle_timeout,
+                [&mut to_app, &mut to_client],
+            )
+        })
+        .await;
 
-    Transferred {
-        to_app: to_app.bytes,
-        to_client: to_client.bytes,
-        end,
-        opening,
+        Transferred {
+            to_app: to_app.bytes,
+            to_client: to_client.bytes,
+            end,
+            opening,
+        }
     }
 }
 
@@ -372,7 +380,7 @@ mod tests {
                 &mut proxy_client_side,
                 &mut proxy_app_side,
                 idle_timeout,
-                std::pin::pin!(std::future::pending()),
+                &Cut::default(),
             )
             .await
         });
@@ -451,7 +459,7 @@ mod tests {
                 &mut proxy_client_side,
                 &mut proxy_app_side,
                 Duration::from_millis(200),
-                std::pin::pin!(std::future::pending()),
+                &Cut::default(),
             ),
         )
         .await

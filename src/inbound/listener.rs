@@ -9,11 +9,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::AppHost;
-use crate::inbound::connection::{DataPath, Target};
+use crate::inbound::connection::{Accepted, DataPath, Target};
 use crate::metrics::Metrics;
 use crate::net;
-use crate::outcome::record::{Ended, Record};
-use crate::outcome::Reason;
 
 /// Where a listener's connections go.
 #[derive(Debug, Clone)]
@@ -66,22 +64,14 @@ impl Listener {
                 _ = stopped(&mut shutdown) => return,
             };
             let _ = client.set_nodelay(true);
-            let route = self.route.clone();
-            let data_path = data_path.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let _active = metrics.connection_opened();
-                let record = match target_of(&route, &client) {
-                    Ok(target) => data_path.serve(client, source, target).await,
-                    Err(own_port) => {
-                        Record::new(source, own_port, None, Ended::refused(Reason::OwnPort), Duration::ZERO)
-                    }
-                };
-                record.log(data_path.log_style);
-                metrics.connection_ended(&record);
-                data_path.audit.record(&record);
-                drop(permit);
-            });
+            let target = target_of(&self.route, &client);
+            let accepted = Accepted {
+                client,
+                source,
+                target,
+                permit,
+            };
+            tokio::spawn(data_path.clone().serve(accepted, metrics.clone()));
         }
     }
 }
