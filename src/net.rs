@@ -87,8 +87,10 @@ pub async fn connect_upstream(addr: SocketAddr, source: Option<IpAddr>, timeout:
 }
 
 /// A listening socket on `addr`: SO_REUSEADDR (a restarted proxy rebinds at once despite
-/// TIME_WAIT connections), a backlog of 1024, nonblocking, and dual-stack for an IPv6 wildcard
-/// address so `[::]:15006` also takes IPv4 connections.
+/// TIME_WAIT connections), a backlog of 1024, nonblocking, dual-stack for an IPv6 wildcard
+/// address so `[::]:15006` also takes IPv4 connections, and TCP_NODELAY, which every accepted
+/// connection inherits (a small reply must not wait for an ACK), so that no connection pays a
+/// setsockopt of its own for it.
 ///
 /// Must be called inside a tokio runtime; outside one it fails instead of panicking.
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -103,6 +105,7 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         }
     }
     socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
@@ -204,6 +207,17 @@ mod tests {
         match original_dst(&server) {
             Ok(original) => assert_eq!(original, addr),
             Err(err) => assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        for addr in [LOOPBACK_ANY_PORT, "[::]:0".parse().unwrap()] {
+            let listener = bind_listener(addr).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let _client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            assert!(server.nodelay().unwrap(), "accepted on {addr}: Nagle must be off");
         }
     }
 

@@ -63,7 +63,6 @@ impl Listener {
                 },
                 _ = stopped(&mut shutdown) => return,
             };
-            let _ = client.set_nodelay(true);
             let target = target_of(&self.route, &client);
             let accepted = Accepted {
                 client,
