@@ -590,16 +590,17 @@ async fn a_bulk_plaintext_flow_gets_a_kernel_pipe_and_gives_it_back_when_it_goes
     let proxy = Binary::start(&["--cert-dir", &setup.cert_dir, "--listen", &listen]).await;
     let at_rest = proxy.pipes();
     let mut client = TcpStream::connect(proxy.listen[0]).await.unwrap();
-    let (mut app_side, _) = app.accept().await.unwrap();
 
     // 8 MiB towards an app that does not read yet: the direction carries bulk, so it moves
-    // through a pipe, and stalls with bytes in it.
+    // through a pipe, and stalls with bytes in it. Writing first: peerguard connects to the
+    // app once it has read the first bytes.
     let bulk: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let sent = bulk.clone();
     let writer = tokio::spawn(async move {
         client.write_all(&sent).await.unwrap();
         client
     });
+    let (mut app_side, _) = app.accept().await.unwrap();
     eventually("the bulk direction to hold a pipe (two descriptors)", || async {
         (proxy.pipes() == at_rest + 2).then_some(())
     })
@@ -620,5 +621,53 @@ async fn a_bulk_plaintext_flow_gets_a_kernel_pipe_and_gives_it_back_when_it_goes
     assert_eq!(
         &after, b"still open, copied again",
         "the connection goes on without its pipe"
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_flow_of_the_apps_own_tls_is_copied_not_spliced() {
+    // curl's ClientHello (ALPN h2, http/1.1) opens the app's own TLS, passed through on a
+    // PERMISSIVE port; then 8 MiB, as a large TLS upload would be. Made before connecting, so
+    // that the hello reaches the proxy well within its sniff timeout.
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/client_hellos/curl_http2.bin"
+    ))
+    .unwrap();
+    let mut stream = hello;
+    stream.extend((0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8));
+
+    let setup = Setup::new("ops-splice-tls").await;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listen_to(app.local_addr().unwrap());
+    let mut proxy = Binary::start(&["--cert-dir", &setup.cert_dir, "--listen", &listen]).await;
+    let at_rest = proxy.pipes();
+    let mut client = TcpStream::connect(proxy.listen[0]).await.unwrap();
+    let sent = stream.clone();
+    // Writing first: peerguard connects to the app once it has read the hello.
+    let writer = tokio::spawn(async move {
+        client.write_all(&sent).await.unwrap();
+        client
+    });
+    let (mut app_side, _) = app.accept().await.unwrap();
+
+    // Read it in pieces, looking at the proxy's descriptors between them: a spliced direction
+    // would hold its pipe from its first full chunk until half a second after the last byte.
+    let mut received = vec![0u8; stream.len()];
+    for piece in received.chunks_mut(64 * 1024) {
+        app_side.read_exact(piece).await.unwrap();
+        assert_eq!(
+            proxy.pipes(),
+            at_rest,
+            "the app's own TLS moves by copying, without a pipe"
+        );
+    }
+    assert!(received == stream, "the app gets every byte, in order");
+    drop(writer.await.unwrap());
+    drop(app_side);
+    let line = proxy.next_log_line().await;
+    assert_eq!(
+        line["reason"], "passthrough_tls",
+        "classified as the app's own TLS: {line}"
     );
 }

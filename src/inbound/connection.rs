@@ -153,12 +153,13 @@ impl DataPath {
                 }
                 // No identity: plaintext, the app's own TLS, or anything on a DISABLE port.
                 (Action::Passthrough, tls) => {
+                    let carries_tls = tls.is_some();
                     authorization = who.authorize(authorizer, None, tls.and_then(|t| t.sni.as_deref()), &client);
                     if denied(&authorization) {
                         reset(&client);
                         Err(Reason::DeniedByPolicy)
                     } else {
-                        self.forward_to_app(client, prefix, app).await
+                        self.forward_to_app(client, prefix, app, carries_tls).await
                     }
                 }
                 // Boxed: a terminated connection's state (the TLS stream, its authorization) is
@@ -257,18 +258,21 @@ impl DataPath {
                 (terminated.stream, verdict)
             };
             (
-                self.forward_to_app(stream, Vec::new(), peer.who.target.app).await,
+                self.forward_to_app(stream, Vec::new(), peer.who.target.app, false)
+                    .await,
                 verdict,
             )
         }
     }
 
-    /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
+    /// Connects to the app, replays `prefix`, then copies both ways until done or cut
+    /// (`carries_tls`: the client opened with a ClientHello, see [`forward`]).
     fn forward_to_app<'a, C: Endpoint + 'a>(
         &'a self,
         mut client: C,
         prefix: Vec<u8>,
         app: SocketAddr,
+        carries_tls: bool,
     ) -> impl Future<Output = Result<Transferred, Reason>> + 'a {
         async move {
             let source = net::upstream_source(app.ip());
@@ -281,7 +285,14 @@ impl DataPath {
             replay(&mut upstream, &prefix).await?;
             let replayed = prefix.len() as u64;
             drop(prefix);
-            let transferred = forward(&mut client, &mut upstream, self.limits.idle_timeout, &self.cut).await;
+            let transferred = forward(
+                &mut client,
+                &mut upstream,
+                self.limits.idle_timeout,
+                &self.cut,
+                carries_tls,
+            )
+            .await;
             Ok(Transferred {
                 to_app: replayed + transferred.to_app,
                 ..transferred
