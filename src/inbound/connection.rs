@@ -153,13 +153,12 @@ impl DataPath {
                 }
                 // No identity: plaintext, the app's own TLS, or anything on a DISABLE port.
                 (Action::Passthrough, tls) => {
-                    let carries_tls = tls.is_some();
                     authorization = who.authorize(authorizer, None, tls.and_then(|t| t.sni.as_deref()), &client);
                     if denied(&authorization) {
                         reset(&client);
                         Err(Reason::DeniedByPolicy)
                     } else {
-                        self.forward_to_app(client, prefix, app, carries_tls).await
+                        self.forward_to_app(client, prefix, app).await
                     }
                 }
                 // Boxed: a terminated connection's state (the TLS stream, its authorization) is
@@ -258,21 +257,18 @@ impl DataPath {
                 (terminated.stream, verdict)
             };
             (
-                self.forward_to_app(stream, Vec::new(), peer.who.target.app, false)
-                    .await,
+                self.forward_to_app(stream, Vec::new(), peer.who.target.app).await,
                 verdict,
             )
         }
     }
 
-    /// Connects to the app, replays `prefix`, then copies both ways until done or cut
-    /// (`carries_tls`: the client opened with a ClientHello, see [`forward`]).
+    /// Connects to the app, replays `prefix`, then copies both ways until done or cut.
     fn forward_to_app<'a, C: Endpoint + 'a>(
         &'a self,
         mut client: C,
         prefix: Vec<u8>,
         app: SocketAddr,
-        carries_tls: bool,
     ) -> impl Future<Output = Result<Transferred, Reason>> + 'a {
         async move {
             let source = net::upstream_source(app.ip());
@@ -284,13 +280,14 @@ impl DataPath {
                 })?;
             replay(&mut upstream, &prefix).await?;
             let replayed = prefix.len() as u64;
+            let replayed_first = prefix.first().copied();
             drop(prefix);
             let transferred = forward(
                 &mut client,
                 &mut upstream,
                 self.limits.idle_timeout,
                 &self.cut,
-                carries_tls,
+                replayed_first,
             )
             .await;
             Ok(Transferred {

@@ -101,7 +101,6 @@ impl Direction {
         src: &mut R,
         dst: &mut W,
         scratch: &mut [MaybeUninit<u8>],
-        may_splice: bool,
         moved: &mut bool,
     ) -> Poll<Result<(), (Side, io::Error)>>
     where
@@ -183,13 +182,12 @@ impl Direction {
                 continue;
             }
             *moved = true;
-            if self.bytes == 0 {
+            if self.first_byte.is_none() {
                 self.first_byte = Some(data[0]);
             }
             self.bytes += data.len() as u64;
-            // A stream that opens with a TLS record stays in copy mode too (see `forward`),
-            // decided here, before the copy loop has noted how the connection opened.
-            if data.len() == chunk && may_splice && !self.first_byte.is_some_and(starts_handshake_record) {
+            // A direction that opened with a TLS record stays in copy mode (see `forward`).
+            if data.len() == chunk && !self.first_byte.is_some_and(starts_handshake_record) {
                 // Bulk. The pipe is filled only once the spill below has gone out, so the
                 // order of the bytes holds.
                 self.splice_if_possible(src, dst);
@@ -230,12 +228,15 @@ impl Direction {
 
 /// Copies `client` <-> `app` until both directions end, one of them fails, nothing moves for
 /// `idle_timeout`, or `cut` is set (a drain's deadline). Each EOF is passed on as a write
-/// shutdown (half-close). `carries_tls` (the client opened with a ClientHello) keeps bulk in
-/// copy mode, as does a connection the copy loop itself sees open with a TLS record: passed
+/// shutdown (half-close). The cut is read, not waited on: the connection's task waits on it
+/// once (`DataPath::serve`) and, woken, polls this again, which then ends with its bytes counted.
+///
+/// `replayed_first` is the first byte the client sent before forwarding began (the classified
+/// bytes already replayed to the app), so that the client's direction knows how it opened. A
+/// direction that opened with a TLS record moves bulk by copying, never through a pipe: passed
 /// through to an app that terminates TLS itself, a spliced stream measured slower than a copied
 /// one (load harness, `tls` phase: 6.3 against 8.6 Gbit/s, the app's core saturated), where
-/// plaintext to a reading app gains (13.1 against 9.4 Gbit/s, half the proxy's CPU per GB). The cut is read, not waited on: the connection's task waits on it
-/// once (`DataPath::serve`) and, woken, polls this again, which then ends with its bytes counted.
+/// plaintext to a reading app gains (13.1 against 9.4 Gbit/s, half the proxy's CPU per GB).
 ///
 /// A plain fn returning an async block rather than an `async fn`: an async fn keeps its
 /// arguments twice in its state (as arguments, and as the locals they are moved into), and an
@@ -246,14 +247,17 @@ pub fn forward<'a, C, A>(
     app: &'a mut A,
     idle_timeout: Duration,
     cut: &'a Cut,
-    carries_tls: bool,
+    replayed_first: Option<u8>,
 ) -> impl Future<Output = Transferred> + 'a
 where
     C: Endpoint,
     A: Endpoint,
 {
     async move {
-        let mut to_app = Direction::default();
+        let mut to_app = Direction {
+            first_byte: replayed_first,
+            ..Direction::default()
+        };
         let mut to_client = Direction::default();
         let mut opening = Opening::Unseen;
         let mut last_activity = Instant::now();
@@ -268,9 +272,8 @@ where
             }
             let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
             let mut moved = false;
-            let may_splice = !carries_tls && opening != Opening::Tls;
             if !to_app.done() {
-                let pumped = to_app.poll_pump(cx, client, app, &mut scratch, may_splice, &mut moved);
+                let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
                 note_opening(&mut opening, &to_app, &to_client);
                 if let Poll::Ready(Err((side, _))) = pumped {
                     return Poll::Ready(match side {
@@ -280,7 +283,7 @@ where
                 }
             }
             if !to_client.done() {
-                let pumped = to_client.poll_pump(cx, app, client, &mut scratch, may_splice, &mut moved);
+                let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
                 note_opening(&mut opening, &to_app, &to_client);
                 if let Poll::Ready(Err((side, _))) = pumped {
                     return Poll::Ready(match side {
@@ -390,7 +393,7 @@ mod tests {
                 &mut proxy_app_side,
                 idle_timeout,
                 &Cut::default(),
-                false,
+                None,
             )
             .await
         });
@@ -470,7 +473,7 @@ mod tests {
                 &mut proxy_app_side,
                 Duration::from_millis(200),
                 &Cut::default(),
-                false,
+                None,
             ),
         )
         .await
