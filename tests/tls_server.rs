@@ -86,7 +86,7 @@ async fn accept_one(
     let mut terminated = terminate(tcp, prefix, &hello.alpn, protocol, &acceptors, STEP_TIMEOUT)
         .await
         .result?;
-    let (_, connection) = terminated.stream.get_ref();
+    let connection = terminated.stream.connection();
     let accepted = Accepted {
         alpn: terminated.alpn.clone(),
         peer: Some(terminated.peer.id.clone()),

@@ -245,7 +245,7 @@ impl DataPath {
                 tls.handshake_time = Some(started.elapsed());
                 tls.resumed = terminated.peer.resumed;
                 tls.negotiated_alpn = terminated.alpn;
-                let tcp = terminated.stream.get_ref().0.get_ref();
+                let tcp = terminated.stream.tcp();
                 let verdict = peer
                     .who
                     .authorize(peer.authorizer, Some(&terminated.peer.id), tls.sni.as_deref(), tcp);

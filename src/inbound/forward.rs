@@ -49,7 +49,7 @@ impl Endpoint for TcpStream {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Endpoint for tokio_rustls::server::TlsStream<IO> {
+impl Endpoint for crate::inbound::tls_stream::ServerTls {
     fn socket(&self) -> Option<&TcpStream> {
         None
     }

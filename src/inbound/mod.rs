@@ -4,6 +4,7 @@
 //! - `classify`: first bytes under deadline and size cap -> `Sniffed`.
 //! - `decide`: (mode, `Sniffed`, ALPN rules) -> `Action` and `Reason`; pure.
 //! - `terminate`: rustls handshake, peer SPIFFE identity.
+//! - `tls_stream`: the terminated connection over rustls' unbuffered API, buffers freed when idle.
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `splice`: a bulk direction between two sockets moves through a kernel pipe.
 //! - `prefixed`: replay of the bytes read while classifying.
@@ -18,3 +19,4 @@ pub(crate) mod listener;
 pub mod prefixed;
 mod splice;
 pub mod terminate;
+pub mod tls_stream;

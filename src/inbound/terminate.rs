@@ -1,4 +1,4 @@
-//! terminate: the rustls handshake over the replayed stream, and the peer's SPIFFE identity.
+//! terminate: the rustls handshake from the replayed ClientHello on, and the peer's SPIFFE identity.
 
 use std::io;
 use std::time::Duration;
@@ -6,10 +6,8 @@ use std::time::Duration;
 use rustls::CertificateError;
 
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
-use crate::inbound::prefixed::PrefixedIo;
+use crate::inbound::tls_stream::ServerTls;
 use crate::outcome::Reason;
 use crate::policy::AppProtocol;
 use crate::tls::server_config::{Peer, PeerIdentityError, PeerRejected, TlsAcceptors};
@@ -19,7 +17,7 @@ use crate::tls::sessions::Declined;
 pub struct Terminated {
     /// Boxed: a TLS stream is large, and moved from the handshake to the forwarding future it
     /// would take space in each of them for the connection's whole life.
-    pub stream: Box<TlsStream<PrefixedIo<TcpStream>>>,
+    pub stream: Box<ServerTls>,
     pub peer: Peer,
     /// The ALPN protocol the server selected, if any.
     pub alpn: Option<Vec<u8>>,
@@ -44,12 +42,12 @@ pub async fn terminate(
     timeout: Duration,
 ) -> Handshaken {
     let handshake = acceptors.handshake(offered_alpn, protocol);
-    let accept = TlsAcceptor::from(handshake.config.clone()).accept(PrefixedIo::new(prefix, tcp));
+    let accept = ServerTls::accept(handshake.config.clone(), tcp, prefix);
     let result = match tokio::time::timeout(timeout, accept).await {
         Err(_elapsed) => Err(Reason::HandshakeTimeout),
         Ok(Err(e)) => Err(handshake_failure_reason(&e)),
         Ok(Ok(stream)) => {
-            let (_, connection) = stream.get_ref();
+            let connection = stream.connection();
             let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
             match handshake.finish(connection) {
                 Ok(peer) => Ok(Terminated {
@@ -77,7 +75,8 @@ fn rejection_reason(rejected: PeerRejected) -> Reason {
 }
 
 /// The [`Reason`] a failed server handshake ends the connection with. tokio-rustls reports
-/// rustls errors as an `io::Error` of kind `InvalidData` wrapping the `rustls::Error`.
+/// rustls errors as an `io::Error` of kind `InvalidData` wrapping the `rustls::Error`
+/// (so does [`ServerTls`]).
 pub fn handshake_failure_reason(error: &io::Error) -> Reason {
     let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
         return Reason::HandshakeFailed;

@@ -10,8 +10,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::SingleCertAndKey;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, HandshakeKind, OtherError, ServerConfig,
-    ServerConnection, SignatureScheme,
+    CertificateError, CommonState, DigitallySignedStruct, DistinguishedName, HandshakeKind, OtherError, ServerConfig,
+    SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
@@ -162,7 +162,7 @@ impl Handshake<'_> {
     /// After rustls finished: the peer, and its session made resumable within its bounds. A
     /// resumed session's certificate was verified by an earlier handshake; the store only hands
     /// out sessions whose certificate has not expired since, and this checks it once more.
-    pub fn finish(&self, connection: &ServerConnection) -> Result<Peer, PeerRejected> {
+    pub fn finish(&self, connection: &CommonState) -> Result<Peer, PeerRejected> {
         let leaf = connection
             .peer_certificates()
             .and_then(<[_]>::first)
