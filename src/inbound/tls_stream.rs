@@ -66,6 +66,8 @@ pub struct ServerTls {
     peer_closed: bool,
     /// Our close_notify is queued: writes end here.
     close_notify_queued: bool,
+    /// rustls reported a fatal error: the connection is over.
+    failed: bool,
 }
 
 /// What [`ServerTls::advance`] does once rustls will take application data.
@@ -109,6 +111,7 @@ impl ServerTls {
             tcp_eof: false,
             peer_closed: false,
             close_notify_queued: false,
+            failed: false,
         };
         poll_fn(|cx| tls.poll_handshake(cx)).await?;
         Ok(tls)
@@ -141,26 +144,17 @@ impl ServerTls {
     /// After a fatal error rustls has queued an alert that tells the peer why; one
     /// non-blocking attempt to send it, as the error is what the caller acts on.
     fn offer_alert(&mut self) {
-        // rustls hands out queued records before it deframes again, and it refers to the
-        // buffer by position, so it is given the same one (its `discard` already applied).
-        loop {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            let more = match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    encode_into(&mut self.outgoing, |out| encode.encode(out)).is_ok()
+        // One call only: rustls hands out a queued record before it deframes, and deframing
+        // the bytes that failed again would fail again. It refers to the buffer by position,
+        // so it is given the same one (with its `discard` applied).
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            if encode_into(&mut self.outgoing, |out| encode.encode(out)).is_ok() {
+                if let Ok(written) = self.tcp.try_write(&self.outgoing[self.outgoing_sent..]) {
+                    self.outgoing_sent += written;
                 }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    true
-                }
-                _ => false,
-            };
-            self.incoming.drain(..discard);
-            if !more {
-                break;
             }
         }
-        let _ = self.tcp.try_write(&self.outgoing[self.outgoing_sent..]);
     }
 
     /// Lets rustls process the buffered input until it needs more bytes from the peer, or
@@ -168,12 +162,17 @@ impl ServerTls {
     /// `pending` otherwise; records rustls wants sent go into `outgoing`. Once rustls would
     /// take application data, `writable` says what to hand it.
     fn advance(&mut self, mut read: Option<&mut ReadBuf<'_>>, writable: WhenWritable<'_>) -> io::Result<Advanced> {
+        if self.failed {
+            // rustls would deframe the bytes that failed once more.
+            return Err(invalid_data("the TLS connection failed earlier"));
+        }
         loop {
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
                     self.incoming.drain(..discard);
+                    self.failed = true;
                     self.offer_alert();
                     return Err(invalid_data(e));
                 }
@@ -430,4 +429,194 @@ fn encrypt_into(
 
 fn invalid_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+
+    /// A rustls client connected to a [`ServerTls`] over loopback (server authentication only:
+    /// the stream is the same whatever the configuration asks of the client).
+    async fn connected() -> (TlsStream<TcpStream>, ServerTls) {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = CertificateDer::from(issued.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        let server = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(address).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            ServerTls::accept(Arc::new(server), tcp, Vec::new()).await.unwrap()
+        };
+        tokio::join!(connect, accept)
+    }
+
+    /// Heap bytes the stream holds for data in flight.
+    fn held(tls: &ServerTls) -> usize {
+        tls.incoming.capacity() + tls.pending.capacity() + tls.outgoing.capacity()
+    }
+
+    /// Polls `future` once: whether it was still pending.
+    async fn is_pending(future: impl Future) -> bool {
+        let mut future = std::pin::pin!(future);
+        poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_pending())).await
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bulk_flow_each_way_then_quiet_leaves_no_buffers() {
+        let (mut client, mut server) = connected().await;
+        let upload = pattern(4 << 20);
+        let download = pattern(3 << 20);
+
+        let sent = upload.clone();
+        let client_side = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.flush().await.unwrap();
+            let mut received = vec![0; 3 << 20];
+            client.read_exact(&mut received).await.unwrap();
+            (client, received)
+        });
+        // Reads smaller than a record, so decrypted bytes wait in `pending` on the way.
+        let mut received = Vec::new();
+        let mut chunk = [0; 1000];
+        let mut largest_held = 0;
+        while received.len() < upload.len() {
+            let n = server.read(&mut chunk).await.unwrap();
+            assert_ne!(n, 0, "end of stream before all the upload arrived");
+            received.extend_from_slice(&chunk[..n]);
+            largest_held = largest_held.max(held(&server));
+        }
+        assert!(received == upload, "the upload arrives byte for byte");
+        assert!(largest_held >= MAX_RECORD, "a bulk flow reads whole records at a time");
+        assert!(largest_held <= MAX_INCOMING + MAX_READ + 16 * 1024, "and is bounded");
+
+        assert!(
+            is_pending(server.read(&mut chunk)).await,
+            "the client has nothing more to say"
+        );
+        assert_eq!(held(&server), 0, "a quiet upload holds no buffer");
+
+        server.write_all(&download).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(held(&server), 0, "a flushed download holds no buffer");
+        let (_client, echoed) = client_side.await.unwrap();
+        assert!(echoed == download, "the download arrives byte for byte");
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_data_flows_on() {
+        let (mut client, mut server) = connected().await;
+        client.write_all(b"before").await.unwrap();
+        let mut buf = [0; 6];
+        server.read_exact(&mut buf).await.unwrap();
+
+        // update_requested: the server must answer with a KeyUpdate of its own before its next
+        // record, or the client cannot decrypt it.
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after!").await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after!");
+        server.write_all(b"reply").await.unwrap();
+        server.flush().await.unwrap();
+        let mut reply = [0; 5];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_one_direction_and_the_other_goes_on() {
+        let (mut client, mut server) = connected().await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+
+        server
+            .write_all(b"response after the client's half-close")
+            .await
+            .unwrap();
+        server.shutdown().await.unwrap();
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).await.unwrap();
+        assert_eq!(response, b"response after the client's half-close");
+        assert!(server.write(b"late").await.is_err(), "no write after close_notify");
+    }
+
+    #[tokio::test]
+    async fn a_socket_closed_without_close_notify_is_an_unexpected_eof() {
+        let (client, mut server) = connected().await;
+        // A FIN without close_notify first (dropping the socket unread would send a reset).
+        client.into_inner().0.shutdown().await.unwrap();
+        let error = server.read(&mut [0; 16]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// The TLS records in `bytes`, as (content type, length).
+    fn records(mut bytes: &[u8]) -> Vec<(u8, usize)> {
+        let mut records = Vec::new();
+        while let [kind, _, _, high, low, body @ ..] = bytes {
+            let len = usize::from(*high) << 8 | usize::from(*low);
+            records.push((*kind, len));
+            bytes = &body[len.min(body.len())..];
+        }
+        records
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_fails_the_stream_with_an_alert() {
+        let (client, mut server) = connected().await;
+        let (mut tcp, _) = client.into_inner();
+        // An application-data record header with a body that was never encrypted.
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).await.unwrap();
+        tcp.write_all(&[0xAB; 0x20]).await.unwrap();
+        let error = server.read(&mut [0; 16]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        // Session tickets came first; then, sent by the failing read itself, the alert: under
+        // TLS 1.3 an application-data record of 2 alert bytes, the content type and a tag.
+        const ALERT: (u8, usize) = (0x17, 2 + 1 + 16);
+        let mut received = Vec::new();
+        let mut chunk = [0; 4096];
+        while records(&received).last() != Some(&ALERT) {
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut chunk)).await;
+            let n = read.expect("the alert arrives").unwrap();
+            assert_ne!(n, 0, "records before the end: {:?}", records(&received));
+            received.extend_from_slice(&chunk[..n]);
+        }
+
+        let again = server.write(b"late").await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData, "a failed stream stays failed");
+    }
 }
