@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus};
 use rustls::{CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -71,6 +71,7 @@ pub struct ServerTls {
 }
 
 /// What [`ServerTls::advance`] does once rustls will take application data.
+#[derive(Clone, Copy)]
 enum WhenWritable<'d> {
     /// Nothing: stop there.
     Stop,
@@ -145,7 +146,8 @@ impl ServerTls {
     /// non-blocking attempt to send it, as the error is what the caller acts on.
     fn offer_alert(&mut self) {
         // One call only: rustls hands out a queued record before it deframes, and deframing
-        // the bytes that failed again would fail again. It refers to the buffer by position,
+        // the bytes that failed again would fail again. So only the first queued record goes:
+        // should a KeyUpdate reply be waiting for our next write, it goes instead of the alert. It refers to the buffer by position,
         // so it is given the same one (with its `discard` applied).
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
@@ -160,73 +162,41 @@ impl ServerTls {
     /// Lets rustls process the buffered input until it needs more bytes from the peer, or
     /// until `read` is full. Decrypted data goes into `read` while it has room and into
     /// `pending` otherwise; records rustls wants sent go into `outgoing`. Once rustls would
-    /// take application data, `writable` says what to hand it.
+    /// take application data, `writable` says what to hand it. Any error is final.
     fn advance(&mut self, mut read: Option<&mut ReadBuf<'_>>, writable: WhenWritable<'_>) -> io::Result<Advanced> {
         if self.failed {
             // rustls would deframe the bytes that failed once more.
             return Err(invalid_data("the TLS connection failed earlier"));
         }
+        let read_start = read.as_ref().map_or(0, |buf| buf.filled().len());
         loop {
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            let state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.incoming.drain(..discard);
-                    self.failed = true;
-                    self.offer_alert();
-                    return Err(invalid_data(e));
+            let (handled, alert_queued) = match state {
+                Ok(state) => {
+                    let mut out = Output {
+                        read: read.as_deref_mut(),
+                        read_start,
+                        pending: &mut self.pending,
+                        outgoing: &mut self.outgoing,
+                        peer_closed: &mut self.peer_closed,
+                    };
+                    (out.handle(state, writable), false)
                 }
+                // rustls has queued the alert that tells the peer why.
+                Err(e) => (Err(invalid_data(e)), true),
             };
-            let mut stop = None;
-            match state {
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(len) = traffic.peek_len() {
-                        let room = read.as_ref().map_or(0, |buf| buf.remaining());
-                        let has_data = read.as_ref().is_some_and(|buf| !buf.filled().is_empty());
-                        if read.is_some() && len.get() > room && has_data {
-                            // Leave the record with rustls for the next read.
-                            stop = Some(Advanced::ReadBufFull);
-                            break;
-                        }
-                        let Some(record) = traffic.next_record() else { break };
-                        let record = record.map_err(invalid_data)?;
-                        let taken = record.payload.len().min(room);
-                        if let Some(buf) = read.as_mut() {
-                            buf.put_slice(&record.payload[..taken]);
-                        }
-                        self.pending.extend_from_slice(&record.payload[taken..]);
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut self.outgoing, |out| encode.encode(out))?;
-                }
-                // The records stay in `outgoing` until sent; every caller sends before it waits.
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                ConnectionState::Closed => {
-                    self.peer_closed = true;
-                    stop = Some(Advanced::Closed);
-                }
-                ConnectionState::BlockedHandshake => stop = Some(Advanced::NeedsInput),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    stop = Some(match writable {
-                        WhenWritable::Stop => Advanced::NeedsInput,
-                        WhenWritable::Encrypt(data) => {
-                            encrypt_into(&mut self.outgoing, data, |data, out| traffic.encrypt(data, out))?;
-                            Advanced::Written
-                        }
-                        WhenWritable::CloseNotify => {
-                            encrypt_into(&mut self.outgoing, &[], |_, out| traffic.queue_close_notify(out))?;
-                            Advanced::Written
-                        }
-                    });
-                }
-                // Early data is never accepted (max_early_data_size stays 0).
-                _ => return Err(invalid_data("unexpected TLS connection state")),
-            }
+            // Before anything else, and on errors too: the next call must not see these bytes.
             self.incoming.drain(..discard);
-            if let Some(stop) = stop {
-                return Ok(stop);
+            match handled {
+                Ok(Some(stop)) => return Ok(stop),
+                Ok(None) => {}
+                Err(e) => {
+                    self.failed = true;
+                    if alert_queued {
+                        self.offer_alert();
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -294,12 +264,20 @@ impl AsyncRead for ServerTls {
         let before = buf.filled().len();
         loop {
             this.advance(Some(buf), WhenWritable::Stop)?;
-            // Whatever rustls queued on the way (a KeyUpdate reply) goes out now if the socket
-            // takes it; if not, the next write or flush sends it first.
+            // Whatever rustls queued on the way (a warning alert) goes out now if the socket
+            // takes it; if not, the next write or flush sends it first. After our own
+            // close_notify the write half may be shut, and reading goes on regardless.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
+                if !this.close_notify_queued {
+                    return Poll::Ready(Err(e));
+                }
             }
-            if buf.filled().len() > before || this.peer_closed {
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                // rustls reads nothing after close_notify: the receive buffer can go.
+                this.incoming = Vec::new();
                 return Poll::Ready(Ok(()));
             }
             if this.tcp_eof {
@@ -368,6 +346,78 @@ impl AsyncWrite for ServerTls {
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Where [`ServerTls::advance`] puts what rustls hands out: the fields of the stream that
+/// the state, which borrows the connection and the received bytes, leaves free.
+struct Output<'o, 'b> {
+    read: Option<&'o mut ReadBuf<'b>>,
+    /// How much of `read` was filled before this advance: only bytes added since count.
+    read_start: usize,
+    pending: &'o mut Vec<u8>,
+    outgoing: &'o mut Vec<u8>,
+    peer_closed: &'o mut bool,
+}
+
+impl Output<'_, '_> {
+    /// Acts on one state; Some once [`ServerTls::advance`] should stop there.
+    fn handle(
+        &mut self,
+        state: ConnectionState<'_, '_, ServerConnectionData>,
+        writable: WhenWritable<'_>,
+    ) -> io::Result<Option<Advanced>> {
+        Ok(match state {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(len) = traffic.peek_len() {
+                    let room = self.read.as_ref().map_or(0, |buf| buf.remaining());
+                    let added = self.read.as_ref().map_or(0, |buf| buf.filled().len() - self.read_start);
+                    if self.read.is_some() && len.get() > room && added > 0 {
+                        // Leave the record with rustls for the next read.
+                        return Ok(Some(Advanced::ReadBufFull));
+                    }
+                    let Some(record) = traffic.next_record() else { break };
+                    let record = record.map_err(invalid_data)?;
+                    let taken = record.payload.len().min(room);
+                    if let Some(buf) = self.read.as_mut() {
+                        buf.put_slice(&record.payload[..taken]);
+                    }
+                    self.pending.extend_from_slice(&record.payload[taken..]);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(self.outgoing, |out| encode.encode(out))?;
+                None
+            }
+            // The records stay in `outgoing` until sent; every caller sends before it waits.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                None
+            }
+            ConnectionState::PeerClosed => {
+                *self.peer_closed = true;
+                None
+            }
+            ConnectionState::Closed => {
+                *self.peer_closed = true;
+                Some(Advanced::Closed)
+            }
+            ConnectionState::BlockedHandshake => Some(Advanced::NeedsInput),
+            ConnectionState::WriteTraffic(mut traffic) => Some(match writable {
+                WhenWritable::Stop => Advanced::NeedsInput,
+                WhenWritable::Encrypt(data) => {
+                    encrypt_into(self.outgoing, data, |data, out| traffic.encrypt(data, out))?;
+                    Advanced::Written
+                }
+                WhenWritable::CloseNotify => {
+                    encrypt_into(self.outgoing, &[], |_, out| traffic.queue_close_notify(out))?;
+                    Advanced::Written
+                }
+            }),
+            // Early data is never accepted (max_early_data_size stays 0).
+            _ => return Err(invalid_data("unexpected TLS connection state")),
+        })
     }
 }
 
@@ -535,6 +585,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_into_a_buffer_that_already_holds_bytes_makes_progress() {
+        // tokio::io::copy reads into the rest of a buffer it has partly filled; here with less
+        // room than the one full record the client sent.
+        let (mut client, mut server) = connected().await;
+        let record = pattern(16 * 1024);
+        client.write_all(&record).await.unwrap();
+        client.flush().await.unwrap();
+
+        let mut storage = [0; 8 * 1024];
+        let mut buf = ReadBuf::new(&mut storage);
+        buf.put_slice(&[0xEE; 100]);
+        let read = poll_fn(|cx| Pin::new(&mut server).poll_read(cx, &mut buf));
+        tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("the read makes progress")
+            .unwrap();
+        assert_eq!(
+            buf.filled()[100..],
+            record[..8 * 1024 - 100],
+            "the record's start fills the room"
+        );
+
+        let mut rest = vec![0; 16 * 1024 - (8 * 1024 - 100)];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, record[8 * 1024 - 100..], "the rest follows from `pending`");
+    }
+
+    #[tokio::test]
     async fn a_key_update_from_the_client_is_answered_and_data_flows_on() {
         let (mut client, mut server) = connected().await;
         client.write_all(b"before").await.unwrap();
@@ -562,6 +640,7 @@ mod tests {
         let mut request = Vec::new();
         server.read_to_end(&mut request).await.unwrap();
         assert_eq!(request, b"request");
+        assert_eq!(held(&server), 0, "a closed direction keeps no receive buffer");
 
         server
             .write_all(b"response after the client's half-close")
