@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::inbound::prefixed::PrefixedIo;
+use crate::demo::prefixed::PrefixedIo;
 
 /// Largest HTTP request head the app reads before answering.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -5,6 +5,7 @@
 
 mod echo_app;
 mod ports;
+pub mod prefixed;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,6 @@
 //! - `tls_stream`: the terminated connection over rustls' unbuffered API, buffers freed when idle.
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `splice`: a bulk direction between two sockets moves through a kernel pipe.
-//! - `prefixed`: replay of the bytes read while classifying.
 //! - `cut`: what ends the connections a drain leaves open.
 
 pub mod classify;
@@ -16,7 +15,6 @@ pub(crate) mod cut;
 pub mod decide;
 mod forward;
 pub(crate) mod listener;
-pub mod prefixed;
 mod splice;
 pub mod terminate;
 pub mod tls_stream;

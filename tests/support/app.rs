@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peerguard::certs::{DevCa, IssuedCert};
-use peerguard::inbound::prefixed::PrefixedIo;
+use peerguard::demo::prefixed::PrefixedIo;
 use peerguard::tls::client_hello::{self, HelloParse};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;

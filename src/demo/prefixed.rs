@@ -1,5 +1,6 @@
-//! Replays the bytes read while classifying before reading on from the socket, so whoever
-//! handles the connection next (the TLS acceptor) sees the stream from its first byte.
+//! Replays the bytes already read before reading on from the socket, so that the TLS acceptor
+//! of an app that looked at its first bytes (the demo's echo app, and the tests' apps) sees the
+//! stream from its first byte.
 
 use std::io;
 use std::pin::Pin;
