@@ -116,6 +116,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         },
         cut: cut.clone(),
         audit: audit.clone(),
+        metrics: metrics.clone(),
     });
     let (endpoints_shutdown, endpoints_stop) = watch::channel(false);
 
@@ -199,7 +200,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
     for listener in listeners {
         let (store, mut stop) = (store.clone(), stop.clone());
-        let serve = listener.run(data_path.clone(), metrics.clone(), connections.clone(), stop.clone());
+        let serve = listener.run(data_path.clone(), connections.clone(), stop.clone());
         // Bound now, accepting only once a policy is in force (at once with files; after the
         // first complete list from the API server): meanwhile the kernel's backlog holds
         // clients, so no connection is ever decided on a policy that is not there yet.

@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -46,6 +45,8 @@ pub struct DataPath {
     pub cut: Arc<Cut>,
     /// What STRICT would have done to each finished connection.
     pub audit: Arc<StrictAudit>,
+    /// Counts connections as they open and end.
+    pub metrics: Arc<Metrics>,
 }
 
 impl DataPath {
@@ -56,17 +57,13 @@ impl DataPath {
     /// This and the stages below are plain fns returning async blocks rather than `async fn`s:
     /// an async fn keeps its arguments twice in its state (as arguments, and as the locals they
     /// are moved into), and an idle connection is as big as its task.
-    pub fn serve(
-        self: Arc<Self>,
-        accepted: Accepted,
-        metrics: Arc<Metrics>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    pub fn serve(self: Arc<Self>, accepted: Accepted) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            let _active = metrics.connection_opened();
+            let _active = self.metrics.connection_opened();
             let record = match &accepted.target {
                 Ok(target) => {
                     let who = Who {
-                        source: accepted.source,
+                        source: &accepted.source,
                         target,
                     };
                     self.serve_target(accepted.client, &who).await
@@ -80,7 +77,7 @@ impl DataPath {
                 ),
             };
             record.log(self.log_style);
-            metrics.connection_ended(&record);
+            self.metrics.connection_ended(&record);
             self.audit.record(&record);
             drop(accepted.permit);
         }
@@ -96,23 +93,15 @@ impl DataPath {
             let port = policy.port(workload_port);
             let span = tracing::debug_span!("connection", source = %who.source, port = workload_port, mode = port.policy.mode.as_str());
             let stages = self.stages(client, who, &policy.authorizer, port).instrument(span);
-            tokio::pin!(stages);
-            let cut = self.cut.wait();
-            tokio::pin!(cut);
-            // The cut first: a connection that is forwarding then sees it itself, in the poll
-            // below, and ends with its bytes counted; one still before the app (sniffing,
-            // handshaking, connecting) stays pending and ends here.
-            let ended = std::future::poll_fn(|cx| {
-                let cut = cut.as_mut().poll(cx).is_ready();
-                match stages.as_mut().poll(cx) {
-                    Poll::Ready(ended) => Poll::Ready(ended),
-                    Poll::Pending if cut => Poll::Ready(Ended::refused(Reason::Drained)),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
+            // A connection that is forwarding sees the cut itself and ends with its bytes
+            // counted; one still before the app (sniffing, handshaking, connecting) ends here.
+            let ended = self
+                .cut
+                .unless_cut(stages)
+                .await
+                .unwrap_or_else(|| Ended::refused(Reason::Drained));
             let applied = Some((port.policy.mode, port.label.clone()));
-            Record::new(who.source, workload_port, applied, ended, started.elapsed())
+            Record::new(*who.source, workload_port, applied, ended, started.elapsed())
         }
     }
 
@@ -126,7 +115,6 @@ impl DataPath {
         port: &'a PortMode,
     ) -> impl Future<Output = Ended> + 'a {
         async move {
-            let app = who.target.app;
             let mode = port.policy.mode;
             // In a block of its own so that the classification's storage ends here: only its
             // small pieces stay in this future's state while the connection forwards.
@@ -158,7 +146,7 @@ impl DataPath {
                         reset(&client);
                         Err(Reason::DeniedByPolicy)
                     } else {
-                        self.forward_to_app(client, prefix, app).await
+                        self.forward_to_app(client, prefix, &who.target.app).await
                     }
                 }
                 // Boxed: a terminated connection's state (the TLS stream, its authorization) is
@@ -257,7 +245,7 @@ impl DataPath {
                 (terminated.stream, verdict)
             };
             (
-                self.forward_to_app(stream, Vec::new(), peer.who.target.app).await,
+                self.forward_to_app(stream, Vec::new(), &peer.who.target.app).await,
                 verdict,
             )
         }
@@ -268,11 +256,11 @@ impl DataPath {
         &'a self,
         mut client: C,
         prefix: Vec<u8>,
-        app: SocketAddr,
+        app: &'a SocketAddr,
     ) -> impl Future<Output = Result<Transferred, Reason>> + 'a {
         async move {
             let source = net::upstream_source(app.ip());
-            let mut upstream = net::connect_upstream(app, source, self.limits.connect_timeout)
+            let mut upstream = net::connect_upstream(*app, source, self.limits.connect_timeout)
                 .await
                 .map_err(|e| {
                     tracing::debug!(%app, error = %e, "connecting to the app failed");
@@ -341,7 +329,7 @@ pub struct Accepted {
 
 /// Who a connection is from and to, for authorization.
 struct Who<'a> {
-    source: SocketAddr,
+    source: &'a SocketAddr,
     target: &'a Target,
 }
 

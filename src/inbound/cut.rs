@@ -8,6 +8,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -24,22 +30,47 @@ impl Cut {
     }
 
     /// Whether [`Cut::cut`] has been called: what a future that is polled anyway (forwarding,
-    /// woken by its connection's [`Cut::wait`]) checks instead of holding a waiter of its own.
+    /// woken by its connection's [`Cut::unless_cut`]) checks instead of holding a waiter of its own.
     pub fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
     }
 
-    /// Resolves once [`Cut::cut`] has been called.
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the flag is read, so a cut between the two is not missed.
-            notified.as_mut().enable();
-            if self.is_cut() {
-                return;
-            }
-            notified.await;
+    /// `future`'s output, or None if the cut comes while it is still pending. `future` is
+    /// polled even then, first, so that one which reads [`Cut::is_cut`] itself (forwarding)
+    /// ends on its own terms, with what it carried counted.
+    pub fn unless_cut<F: Future>(&self, future: F) -> UnlessCut<'_, F> {
+        UnlessCut {
+            cut: self,
+            // A `Notified` sees every `notify_waiters` from its creation on, polled or not; a
+            // cut before it is in the flag.
+            notified: self.notify.notified(),
+            future,
+        }
+    }
+}
+
+pin_project! {
+    /// See [`Cut::unless_cut`]. A future of its own rather than an async block around the
+    /// two: every connection is one, and the block's state was 32 bytes larger.
+    pub struct UnlessCut<'a, F> {
+        cut: &'a Cut,
+        #[pin]
+        notified: Notified<'a>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for UnlessCut<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let cut = this.cut.is_cut() || this.notified.poll(cx).is_ready();
+        match this.future.poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending if cut => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -56,14 +87,21 @@ mod tests {
         let waiters: Vec<_> = (0..100)
             .map(|_| {
                 let cut = cut.clone();
-                tokio::spawn(async move { cut.wait().await })
+                tokio::spawn(async move { cut.unless_cut(std::future::pending::<()>()).await })
             })
             .collect();
         tokio::task::yield_now().await;
         cut.cut();
         for waiter in waiters {
-            waiter.await.unwrap();
+            assert_eq!(waiter.await.unwrap(), None);
         }
-        cut.wait().await;
+        assert_eq!(cut.unless_cut(std::future::pending::<()>()).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_future_that_finishes_in_the_poll_that_sees_the_cut_keeps_its_output() {
+        let cut = Cut::default();
+        cut.cut();
+        assert_eq!(cut.unless_cut(async { 7 }).await, Some(7));
     }
 }

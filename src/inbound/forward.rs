@@ -10,13 +10,14 @@
 //! Between two plain sockets (passthrough), a direction whose read fills the whole chunk is
 //! carrying bulk: it switches to a kernel pipe (`splice`), and back when it goes quiet.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -238,88 +239,116 @@ impl Direction {
 /// one (load harness, `tls` phase: 6.3 against 8.6 Gbit/s, the app's core saturated), where
 /// plaintext to a reading app gains (13.1 against 9.4 Gbit/s, half the proxy's CPU per GB).
 ///
-/// A plain fn returning an async block rather than an `async fn`: an async fn keeps its
-/// arguments twice in its state (as arguments, and as the locals they are moved into), and an
-/// idle connection is as big as its task.
-#[allow(clippy::manual_async_fn)]
+/// A future written out by hand rather than an async block: the block kept a reference to
+/// each of its locals for the `poll_fn` inside it, and an idle connection is as big as its task.
 pub fn forward<'a, C, A>(
     client: &'a mut C,
     app: &'a mut A,
     idle_timeout: Duration,
     cut: &'a Cut,
     replayed_first: Option<u8>,
-) -> impl Future<Output = Transferred> + 'a
+) -> Forward<'a, C, A>
 where
     C: Endpoint,
     A: Endpoint,
 {
-    async move {
-        let mut to_app = Direction {
+    Forward {
+        client,
+        app,
+        cut,
+        idle_timeout,
+        to_app: Direction {
             first_byte: replayed_first,
             ..Direction::default()
-        };
-        let mut to_client = Direction::default();
-        let mut opening = Opening::Unseen;
-        let mut last_activity = Instant::now();
-        // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer reset
-        // per read.
-        let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
+        },
+        to_client: Direction::default(),
+        opening: Opening::Unseen,
+        last_activity: Instant::now(),
+        // One timer, re-armed lazily from `last_activity` when it fires, instead of a timer
+        // reset per read.
+        idle: tokio::time::sleep(idle_timeout),
+    }
+}
 
-        let end = poll_fn(|cx| {
-            if cut.is_cut() {
-                return Poll::Ready(End::Drained);
-            }
-            let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
-            let mut moved = false;
-            if !to_app.done() {
-                let pumped = to_app.poll_pump(cx, client, app, &mut scratch, &mut moved);
-                note_opening(&mut opening, &to_app, &to_client);
-                if let Poll::Ready(Err((side, _))) = pumped {
-                    return Poll::Ready(match side {
-                        Side::Source => End::ClientError,
-                        Side::Destination => End::AppError,
-                    });
-                }
-            }
-            if !to_client.done() {
-                let pumped = to_client.poll_pump(cx, app, client, &mut scratch, &mut moved);
-                note_opening(&mut opening, &to_app, &to_client);
-                if let Poll::Ready(Err((side, _))) = pumped {
-                    return Poll::Ready(match side {
-                        Side::Source => End::AppError,
-                        Side::Destination => End::ClientError,
-                    });
-                }
-            }
-            if to_app.done() && to_client.done() {
-                return Poll::Ready(End::Completed);
-            }
-            if moved {
-                last_activity = Instant::now();
-            }
-            let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
-            if holds_pipe && idle.deadline() > last_activity + PIPE_LINGER {
-                // A pipe was just made: wake in time to give it back.
-                idle.as_mut().reset(last_activity + PIPE_LINGER);
-            }
-            poll_idle(
-                cx,
-                idle.as_mut(),
-                last_activity,
-                idle_timeout,
-                [&mut to_app, &mut to_client],
-            )
-        })
-        .await;
+pin_project! {
+    /// The copying of one connection: see [`forward`].
+    #[project = Copying]
+    pub struct Forward<'a, C, A> {
+        client: &'a mut C,
+        app: &'a mut A,
+        cut: &'a Cut,
+        idle_timeout: Duration,
+        to_app: Direction,
+        to_client: Direction,
+        opening: Opening,
+        last_activity: Instant,
+        #[pin]
+        idle: Sleep,
+    }
+}
 
-        Transferred {
-            to_app: to_app.bytes,
-            to_client: to_client.bytes,
+impl<C: Endpoint, A: Endpoint> Future for Forward<'_, C, A> {
+    type Output = Transferred;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Transferred> {
+        let mut this = self.project();
+        let end = ready!(poll_end(cx, &mut this));
+        Poll::Ready(Transferred {
+            to_app: this.to_app.bytes,
+            to_client: this.to_client.bytes,
             end,
-            opening,
+            opening: *this.opening,
+        })
+    }
+}
+
+/// Pumps both directions; Ready with how the connection ended.
+fn poll_end<C: Endpoint, A: Endpoint>(cx: &mut Context<'_>, this: &mut Copying<'_, '_, C, A>) -> Poll<End> {
+    if this.cut.is_cut() {
+        return Poll::Ready(End::Drained);
+    }
+    let (to_app, to_client) = (&mut *this.to_app, &mut *this.to_client);
+    let mut scratch = [const { MaybeUninit::<u8>::uninit() }; CHUNK];
+    let mut moved = false;
+    if !to_app.done() {
+        let pumped = to_app.poll_pump(cx, *this.client, *this.app, &mut scratch, &mut moved);
+        note_opening(this.opening, to_app, to_client);
+        if let Poll::Ready(Err((side, _))) = pumped {
+            return Poll::Ready(match side {
+                Side::Source => End::ClientError,
+                Side::Destination => End::AppError,
+            });
         }
     }
+    if !to_client.done() {
+        let pumped = to_client.poll_pump(cx, *this.app, *this.client, &mut scratch, &mut moved);
+        note_opening(this.opening, to_app, to_client);
+        if let Poll::Ready(Err((side, _))) = pumped {
+            return Poll::Ready(match side {
+                Side::Source => End::AppError,
+                Side::Destination => End::ClientError,
+            });
+        }
+    }
+    if to_app.done() && to_client.done() {
+        return Poll::Ready(End::Completed);
+    }
+    if moved {
+        *this.last_activity = Instant::now();
+    }
+    let last_activity = *this.last_activity;
+    let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
+    if holds_pipe && this.idle.deadline() > last_activity + PIPE_LINGER {
+        // A pipe was just made: wake in time to give it back.
+        this.idle.as_mut().reset(last_activity + PIPE_LINGER);
+    }
+    poll_idle(
+        cx,
+        this.idle.as_mut(),
+        last_activity,
+        *this.idle_timeout,
+        [to_app, to_client],
+    )
 }
 
 /// Sets `opening` from whichever direction carried a byte first, once. Called after each

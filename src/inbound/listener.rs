@@ -10,7 +10,6 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::AppHost;
 use crate::inbound::connection::{Accepted, DataPath, Target};
-use crate::metrics::Metrics;
 use crate::net;
 
 /// Where a listener's connections go.
@@ -37,13 +36,7 @@ impl Listener {
     /// Accepts until `shutdown` turns true, then drops the listening socket. Each connection
     /// holds one permit of `cap` until its record is written; when none is free, accepting
     /// waits (the kernel backlog holds new clients meanwhile).
-    pub async fn run(
-        self,
-        data_path: Arc<DataPath>,
-        metrics: Arc<Metrics>,
-        cap: Arc<Semaphore>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self, data_path: Arc<DataPath>, cap: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let permit = tokio::select! {
                 permit = cap.clone().acquire_owned() => match permit {
@@ -70,7 +63,7 @@ impl Listener {
                 target,
                 permit,
             };
-            tokio::spawn(data_path.clone().serve(accepted, metrics.clone()));
+            tokio::spawn(data_path.clone().serve(accepted));
         }
     }
 }
