@@ -151,7 +151,7 @@ impl ServerTls {
         // so it is given the same one (with its `discard` applied).
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-            if encode_into(&mut self.outgoing, |out| encode.encode(out)).is_ok() {
+            if append_records(&mut self.outgoing, CONTROL_RECORDS, |out| encode.encode(out)).is_ok() {
                 if let Ok(written) = self.tcp.try_write(&self.outgoing[self.outgoing_sent..]) {
                     self.outgoing_sent += written;
                 }
@@ -387,7 +387,7 @@ impl Output<'_, '_> {
                 None
             }
             ConnectionState::EncodeTlsData(mut encode) => {
-                encode_into(self.outgoing, |out| encode.encode(out))?;
+                append_records(self.outgoing, CONTROL_RECORDS, |out| encode.encode(out))?;
                 None
             }
             // The records stay in `outgoing` until sent; every caller sends before it waits.
@@ -407,11 +407,11 @@ impl Output<'_, '_> {
             ConnectionState::WriteTraffic(mut traffic) => Some(match writable {
                 WhenWritable::Stop => Advanced::NeedsInput,
                 WhenWritable::Encrypt(data) => {
-                    encrypt_into(self.outgoing, data, |data, out| traffic.encrypt(data, out))?;
+                    append_records(self.outgoing, room_for(data), |out| traffic.encrypt(data, out))?;
                     Advanced::Written
                 }
                 WhenWritable::CloseNotify => {
-                    encrypt_into(self.outgoing, &[], |_, out| traffic.queue_close_notify(out))?;
+                    append_records(self.outgoing, CONTROL_RECORDS, |out| traffic.queue_close_notify(out))?;
                     Advanced::Written
                 }
             }),
@@ -421,60 +421,54 @@ impl Output<'_, '_> {
     }
 }
 
-/// Appends what `encode` writes to `outgoing`, growing it to the size rustls asks for.
-fn encode_into(
-    outgoing: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
-) -> io::Result<()> {
-    let mut room = CONTROL_RECORDS;
-    loop {
-        let start = outgoing.len();
-        outgoing.resize(start + room, 0);
-        match encode(&mut outgoing[start..]) {
-            Ok(written) => {
-                outgoing.truncate(start + written);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                outgoing.truncate(start);
-                room = required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                return Err(invalid_data(e));
-            }
+/// An error of rustls' unbuffered API that may only mean "more room, please".
+trait MayNeedRoom: std::error::Error + Send + Sync + 'static {
+    /// The room asked for, if that is all this error says.
+    fn required_size(&self) -> Option<usize>;
+}
+
+impl MayNeedRoom for EncodeError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+            _ => None,
         }
     }
 }
 
-/// Appends the records `encrypt` makes of `data` to `outgoing`, growing it to the size rustls
-/// asks for.
-fn encrypt_into(
+impl MayNeedRoom for EncryptError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => Some(*required_size),
+            _ => None,
+        }
+    }
+}
+
+/// Appends to `outgoing` what `write` puts into the room it is given, `room` bytes at first,
+/// then as much as rustls asks for.
+fn append_records<E: MayNeedRoom>(
     outgoing: &mut Vec<u8>,
-    data: &[u8],
-    mut encrypt: impl FnMut(&[u8], &mut [u8]) -> Result<usize, EncryptError>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
 ) -> io::Result<()> {
-    // Each record adds a header and the AEAD's tag; a KeyUpdate may come first.
-    let records = data.len().div_ceil(16 * 1024);
-    let mut room = data.len() + records * (MAX_RECORD - 16 * 1024) + CONTROL_RECORDS;
     loop {
         let start = outgoing.len();
         outgoing.resize(start + room, 0);
-        match encrypt(data, &mut outgoing[start..]) {
-            Ok(written) => {
-                outgoing.truncate(start + written);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                outgoing.truncate(start);
-                room = required_size;
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                return Err(invalid_data(e));
-            }
+        let written = write(&mut outgoing[start..]);
+        outgoing.truncate(start + *written.as_ref().unwrap_or(&0));
+        match written {
+            Ok(_) => return Ok(()),
+            Err(e) => room = e.required_size().ok_or_else(|| invalid_data(e))?,
         }
     }
+}
+
+/// Room for the records of `data`: each adds a header and the AEAD's tag, and a KeyUpdate may
+/// come first.
+fn room_for(data: &[u8]) -> usize {
+    let records = data.len().div_ceil(16 * 1024);
+    data.len() + records * (MAX_RECORD - 16 * 1024) + CONTROL_RECORDS
 }
 
 fn invalid_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
