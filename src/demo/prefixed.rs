@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::inbound::unread::Unread;
+
 /// An I/O stream with already-read bytes in front of it.
 #[derive(Debug)]
 pub struct PrefixedIo<S> {
-    prefix: Vec<u8>,
-    /// How much of `prefix` has been handed out.
-    consumed: usize,
+    prefix: Unread,
     inner: S,
 }
 
@@ -25,8 +25,7 @@ impl<S> PrefixedIo<S> {
 
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
-            prefix,
-            consumed: 0,
+            prefix: Unread::new(prefix),
             inner,
         }
     }
@@ -35,16 +34,8 @@ impl<S> PrefixedIo<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.consumed < this.prefix.len() {
-            let rest = &this.prefix[this.consumed..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.consumed += n;
-            if this.consumed == this.prefix.len() {
-                // Free the replay buffer: a long-lived connection should not carry its hello.
-                this.prefix = Vec::new();
-                this.consumed = 0;
-            }
+        if !this.prefix.is_empty() {
+            this.prefix.take_into(buf);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

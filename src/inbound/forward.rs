@@ -336,16 +336,10 @@ fn poll_end<C: Endpoint, A: Endpoint>(cx: &mut Context<'_>, this: &mut Copying<'
     if moved {
         *this.last_activity = Instant::now();
     }
-    let last_activity = *this.last_activity;
-    let holds_pipe = to_app.pipe.is_some() || to_client.pipe.is_some();
-    if holds_pipe && this.idle.deadline() > last_activity + PIPE_LINGER {
-        // A pipe was just made: wake in time to give it back.
-        this.idle.as_mut().reset(last_activity + PIPE_LINGER);
-    }
     poll_idle(
         cx,
         this.idle.as_mut(),
-        last_activity,
+        *this.last_activity,
         *this.idle_timeout,
         [to_app, to_client],
     )
@@ -367,7 +361,8 @@ fn note_opening(opening: &mut Opening, to_app: &Direction, to_client: &Direction
 
 /// Ready(IdleTimeout) once `idle_timeout` has passed since `last_activity`. On the way, once
 /// the connection has been quiet for PIPE_LINGER, the directions give their empty pipes back;
-/// the timer is re-armed lazily, for the pipes while any is held, else for the idle timeout.
+/// the one timer serves both, re-armed lazily: for the pipes while any is held, else for the
+/// idle timeout.
 fn poll_idle(
     cx: &mut Context<'_>,
     mut idle: Pin<&mut Sleep>,
@@ -375,6 +370,11 @@ fn poll_idle(
     idle_timeout: Duration,
     mut directions: [&mut Direction; 2],
 ) -> Poll<End> {
+    let holds_pipe = directions.iter().any(|direction| direction.pipe.is_some());
+    if holds_pipe && idle.deadline() > last_activity + PIPE_LINGER {
+        // A pipe was just made: wake in time to give it back.
+        idle.as_mut().reset(last_activity + PIPE_LINGER);
+    }
     while idle.as_mut().poll(cx).is_ready() {
         let now = Instant::now();
         if now >= last_activity + idle_timeout {

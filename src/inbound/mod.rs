@@ -8,6 +8,7 @@
 //! - `forward`: connect to the app, copy both ways, half-close.
 //! - `splice`: a bulk direction between two sockets moves through a kernel pipe.
 //! - `cut`: what ends the connections a drain leaves open.
+//! - `unread`: bytes in hand that go to a reader before anything read later.
 
 pub mod classify;
 pub(crate) mod connection;
@@ -18,3 +19,4 @@ pub(crate) mod listener;
 mod splice;
 pub mod terminate;
 pub mod tls_stream;
+pub mod unread;

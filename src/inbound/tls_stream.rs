@@ -22,6 +22,8 @@ use rustls::{CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::inbound::unread::Unread;
+
 /// The first read of a burst: room for a request or a handshake flight. A read that fills
 /// the buffer doubles the next one, up to [`MAX_READ`], so bulk flows read whole records.
 const FIRST_READ: usize = 4 * 1024;
@@ -54,9 +56,8 @@ pub struct ServerTls {
     /// Received TLS bytes rustls has not consumed yet: at most a partial record once
     /// [`ServerTls::advance`] has run. Freed when empty and the peer is quiet.
     incoming: Vec<u8>,
-    /// Decrypted bytes the reader had no room for yet, from `pending_read` on.
-    pending: Vec<u8>,
-    pending_read: usize,
+    /// Decrypted bytes the reader had no room for yet.
+    pending: Unread,
     /// Encrypted bytes not yet written to the socket, from `outgoing_sent` on. Freed once sent.
     outgoing: Vec<u8>,
     outgoing_sent: usize,
@@ -81,17 +82,15 @@ enum WhenWritable<'d> {
     CloseNotify,
 }
 
-/// Where [`ServerTls::advance`] stopped.
+/// Where [`ServerTls::advance`] stopped. Whether it read anything, the caller sees in its
+/// buffer, and whether the peer closed in `peer_closed`.
 #[derive(Debug, PartialEq, Eq)]
 enum Advanced {
-    /// rustls needs more bytes from the peer, or has nothing to do.
-    NeedsInput,
-    /// The read buffer is full.
-    ReadBufFull,
+    /// Nothing more to do without the peer: rustls needs more bytes, the read buffer is full,
+    /// or the connection is closed both ways.
+    Waiting,
     /// The requested write was encrypted into `outgoing`.
     Written,
-    /// Both sides have sent close_notify.
-    Closed,
 }
 
 impl ServerTls {
@@ -105,8 +104,7 @@ impl ServerTls {
             conn,
             tcp,
             incoming: prefix,
-            pending: Vec::new(),
-            pending_read: 0,
+            pending: Unread::default(),
             outgoing: Vec::new(),
             outgoing_sent: 0,
             tcp_eof: false,
@@ -147,8 +145,9 @@ impl ServerTls {
     fn offer_alert(&mut self) {
         // One call only: rustls hands out a queued record before it deframes, and deframing
         // the bytes that failed again would fail again. So only the first queued record goes:
-        // should a KeyUpdate reply be waiting for our next write, it goes instead of the alert. It refers to the buffer by position,
-        // so it is given the same one (with its `discard` applied).
+        // should a KeyUpdate reply be waiting for our next write, it goes instead of the alert.
+        // rustls refers to the buffer by position, so it is given the same one (with its
+        // `discard` applied).
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             if append_records(&mut self.outgoing, CONTROL_RECORDS, |out| encode.encode(out)).is_ok() {
@@ -237,18 +236,6 @@ impl ServerTls {
             }
         }
     }
-
-    /// Hands out decrypted bytes kept from an earlier record.
-    fn take_pending(&mut self, buf: &mut ReadBuf<'_>) {
-        let rest = &self.pending[self.pending_read..];
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(&rest[..n]);
-        self.pending_read += n;
-        if self.pending_read == self.pending.len() {
-            self.pending = Vec::new();
-            self.pending_read = 0;
-        }
-    }
 }
 
 impl AsyncRead for ServerTls {
@@ -257,8 +244,8 @@ impl AsyncRead for ServerTls {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if this.pending_read < this.pending.len() {
-            this.take_pending(buf);
+        if !this.pending.is_empty() {
+            this.pending.take_into(buf);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -313,11 +300,11 @@ impl AsyncWrite for ServerTls {
             return Poll::Ready(Ok(0));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
-        let had_pending = this.pending_read < this.pending.len();
+        let had_pending = !this.pending.is_empty();
         if this.advance(None, WhenWritable::Encrypt(data))? != Advanced::Written {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        if !had_pending && this.pending_read < this.pending.len() {
+        if !had_pending && !this.pending.is_empty() {
             // Records buffered for the reader were decrypted here: make sure it comes back.
             cx.waker().wake_by_ref();
         }
@@ -355,7 +342,7 @@ struct Output<'o, 'b> {
     read: Option<&'o mut ReadBuf<'b>>,
     /// How much of `read` was filled before this advance: only bytes added since count.
     read_start: usize,
-    pending: &'o mut Vec<u8>,
+    pending: &'o mut Unread,
     outgoing: &'o mut Vec<u8>,
     peer_closed: &'o mut bool,
 }
@@ -374,7 +361,7 @@ impl Output<'_, '_> {
                     let added = self.read.as_ref().map_or(0, |buf| buf.filled().len() - self.read_start);
                     if self.read.is_some() && len.get() > room && added > 0 {
                         // Leave the record with rustls for the next read.
-                        return Ok(Some(Advanced::ReadBufFull));
+                        return Ok(Some(Advanced::Waiting));
                     }
                     let Some(record) = traffic.next_record() else { break };
                     let record = record.map_err(invalid_data)?;
@@ -401,11 +388,11 @@ impl Output<'_, '_> {
             }
             ConnectionState::Closed => {
                 *self.peer_closed = true;
-                Some(Advanced::Closed)
+                Some(Advanced::Waiting)
             }
-            ConnectionState::BlockedHandshake => Some(Advanced::NeedsInput),
+            ConnectionState::BlockedHandshake => Some(Advanced::Waiting),
             ConnectionState::WriteTraffic(mut traffic) => Some(match writable {
-                WhenWritable::Stop => Advanced::NeedsInput,
+                WhenWritable::Stop => Advanced::Waiting,
                 WhenWritable::Encrypt(data) => {
                     append_records(self.outgoing, room_for(data), |out| traffic.encrypt(data, out))?;
                     Advanced::Written
